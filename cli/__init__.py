@@ -1,0 +1,1 @@
+"""The diffkit command-line interface (installed as `diffkit.cli`)."""

@@ -1,0 +1,116 @@
+"""Score models: a network plus its parameterization, time map, conditioning and NFE count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from diffkit import parameterization as param
+from diffkit.process import NoiseProcess
+from diffkit.shapes import append_dims, batch_times
+
+Network = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One model evaluation at `(x, t)`; eps, x0, score and v are derived on demand.
+
+    Attributes:
+        kind: parameterization of `output` (eps, x0, v or score).
+        output: raw network output `(B, *dims)`.
+        x: the input `(B, *dims)`.
+        alpha, sigma: schedule values broadcast to `(B, 1, ..., 1)` in `x`'s dtype.
+    """
+
+    kind: str
+    output: torch.Tensor
+    x: torch.Tensor
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+
+    @property
+    def eps(self) -> torch.Tensor:
+        """Predicted noise."""
+        return param.to_eps(self.kind, self.output, self.x, self.alpha, self.sigma)
+
+    @property
+    def x0(self) -> torch.Tensor:
+        """Predicted clean data E[x0 | x_t]."""
+        return param.to_x0(self.kind, self.output, self.x, self.alpha, self.sigma)
+
+    @property
+    def score(self) -> torch.Tensor:
+        """Predicted score grad_x log p_t(x)."""
+        if self.kind == "score":
+            return self.output
+        return param.score_from_eps(self.eps, self.sigma)
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Predicted velocity v = alpha eps - sigma x0."""
+        return param.v_from_eps_x0(self.eps, self.x0, self.alpha, self.sigma)
+
+
+class ScoreModel:
+    """A network wrapped with its parameterization; counts network function evaluations.
+
+    Args:
+        network: `network(x, time_input, cond) -> output` with `x` `(B, *dims)` and
+            `time_input` `(B,)`; output has `x`'s shape and means `kind`.
+        kind: the parameterization of the output: eps, x0, v or score.
+        process: the noise process the network was trained for.
+        data_shape: shape of one sample (without the batch dim).
+        time_input: maps continuous t `(B,)` to the network's time input (default: t).
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        *,
+        kind: str,
+        process: NoiseProcess,
+        data_shape: tuple[int, ...],
+        time_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if kind not in param.KINDS:
+            raise ValueError(f"unknown parameterization {kind!r}; expected one of {', '.join(param.KINDS)}")
+        self.network = network
+        self.kind = kind
+        self.process = process
+        self.data_shape = tuple(data_shape)
+        self.time_input = time_input or (lambda t: t)
+        self.cond: Any = None
+        self.nfe = 0
+
+    def bind(self, cond: Any) -> ScoreModel:
+        """Fix the conditioning used when `predict` is called without `cond`; returns self."""
+        self.cond = cond
+        return self
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> Prediction:
+        """Evaluate the network once at `x` `(B, *dims)`, time `t` (scalar or `(B,)`)."""
+        t = batch_times(t, x)
+        alpha = append_dims(self.process.alpha(t).to(x.dtype), x.ndim)
+        sigma = append_dims(self.process.sigma(t).to(x.dtype), x.ndim)
+        self.nfe += 1
+        output = self.network(x, self.time_input(t), self.cond if cond is None else cond)
+        return Prediction(self.kind, output, x, alpha, sigma)
+
+    def score(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
+        """Shorthand for `predict(x, t, cond).score`."""
+        return self.predict(x, t, cond).score
+
+
+@runtime_checkable
+class ExactData(Protocol):
+    """Models that know their data distribution exactly (the oracles)."""
+
+    def sample_data(
+        self, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor: ...
+
+    def data_log_prob(self, x0: torch.Tensor) -> torch.Tensor: ...

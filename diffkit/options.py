@@ -1,0 +1,153 @@
+"""Typed component options: introspect a factory's keyword-only parameters, parse KEY=VALUE.
+
+A component factory (a frozen keyword-only dataclass, or any callable) declares its options
+as keyword-only parameters with type hints and defaults. `--solver-opt rtol=1e-6` style
+strings are parsed against those hints; unknown keys and ill-typed values raise
+`OptionError` with one line naming the component and its valid options.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from diffkit.errors import OptionError
+
+_MISSING = inspect.Parameter.empty
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option: its name, type annotation and default (inspect.Parameter.empty if required)."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+    def describe(self) -> str:
+        """Human-readable `name (type, default X)`."""
+        type_name = _type_name(self.annotation)
+        if self.default is _MISSING:
+            return f"{self.name} ({type_name}, required)"
+        return f"{self.name} ({type_name}, default {self.default!r})"
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "none"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def option_specs(factory: Callable[..., Any]) -> dict[str, OptionSpec]:
+    """Return the keyword-only options of `factory`, keyed by name (underscores).
+
+    A `functools.partial` hides the keywords it binds (e.g. `ode:euler` binds `method`).
+    """
+    bound: set[str] = set()
+    target: Any = factory
+    while isinstance(target, functools.partial):
+        bound |= set(target.keywords)
+        target = target.func
+    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    specs = {}
+    for name, parameter in inspect.signature(target).parameters.items():
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in bound:
+            specs[name] = OptionSpec(name, hints.get(name, Any), parameter.default)
+    return specs
+
+
+def _convert(annotation: Any, raw: Any) -> Any:
+    """Convert `raw` (a string from the CLI, or a Python value) to `annotation`."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return raw
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if type(None) in args and (raw is None or (isinstance(raw, str) and raw.lower() in {"none", "null"})):
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, raw)
+            except (TypeError, ValueError) as error:
+                errors.append(str(error))
+        raise ValueError("; ".join(errors))
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        for choice in choices:
+            if raw == choice or (isinstance(raw, str) and raw == str(choice)):
+                return choice
+        raise ValueError(f"expected one of {', '.join(map(str, choices))}")
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise ValueError("expected true or false")
+    if annotation is int:
+        if isinstance(raw, bool):
+            raise ValueError("expected an integer")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, str):
+            return int(raw.strip())
+        raise ValueError("expected an integer")
+    if annotation is float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        return float(raw)
+    if annotation is str:
+        if not isinstance(raw, str):
+            raise ValueError("expected a string")
+        return raw
+    if isinstance(raw, annotation):
+        return raw
+    raise ValueError(f"expected {_type_name(annotation)}")
+
+
+def parse_options(
+    kind: str, name: str, factory: Callable[..., Any], raw: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Validate and convert `raw` options for component `name` of `kind`.
+
+    Keys may use dashes or underscores. Returns keyword arguments for `factory`.
+    """
+    specs = option_specs(factory)
+    valid = ", ".join(spec.describe() for spec in specs.values()) or "none"
+    parsed: dict[str, Any] = {}
+    for key, value in raw.items():
+        norm = key.strip().replace("-", "_")
+        if norm not in specs:
+            raise OptionError(f"{kind} {name!r} has no option {key!r}; valid options: {valid}")
+        try:
+            parsed[norm] = _convert(specs[norm].annotation, value)
+        except (TypeError, ValueError) as error:
+            raise OptionError(
+                f"{kind} {name!r}: bad value {value!r} for option {norm!r} ({error}); valid options: {valid}"
+            ) from None
+    return parsed
+
+
+def split_key_values(items: list[str] | tuple[str, ...], flag: str) -> dict[str, str]:
+    """Parse repeated `KEY=VALUE` strings (from `flag`) into a dict."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

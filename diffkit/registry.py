@@ -1,0 +1,248 @@
+"""The component registry: a pluggy PluginManager loading the `diffkit` entry-point group.
+
+No registry exists at import time: `build_registry()` makes one per call (CLI command or
+API call). Built-in plugins in `diffkit.plugins` are entry points of the `diffkit`
+distribution and load exactly like third-party ones; third-party autoload can be disabled
+(`autoload=False` or env `DIFFKIT_DISABLE_PLUGIN_AUTOLOAD=1`) and any plugin blocked by its
+entry-point name (`block=` or env `DIFFKIT_BLOCK_PLUGINS=a,b`). Env `DIFFKIT_PLUGINS=mod,...`
+registers extra plugin modules by import name (handy for local, uninstalled plugins).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from diffkit import hookspecs
+from diffkit.errors import DuplicateComponentError, OptionError, PluginLoadWarning, UnknownComponentError
+from diffkit.options import parse_options
+
+KINDS: tuple[str, ...] = ("process", "model", "sampler", "grid", "model_wrapper")
+GROUP = "diffkit"
+_ENV_AUTOLOAD = "DIFFKIT_DISABLE_PLUGIN_AUTOLOAD"
+_ENV_BLOCK = "DIFFKIT_BLOCK_PLUGINS"
+_ENV_PLUGINS = "DIFFKIT_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component: its factory and where it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A parametric family `prefix:<method>` resolved through the `diffkit_resolve` hook."""
+
+    kind: str
+    prefix: str
+    methods: tuple[str, ...]
+    plugin: str
+    distribution: str
+    summary: str = ""
+
+
+def _summary(factory: Callable[..., Any], summary: str | None) -> str:
+    if summary:
+        return summary
+    doc = (getattr(factory, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+class Registrar:
+    """What a plugin's `diffkit_register` receives: typed `add_*` methods for one plugin."""
+
+    def __init__(self, registry: Registry, plugin: str, distribution: str) -> None:
+        self._registry = registry
+        self._plugin = plugin
+        self._distribution = distribution
+        self._staged: list[Component | Family] = []
+
+    def _add(self, kind: str, name: str, factory: Callable[..., Any], summary: str | None) -> None:
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"invalid {kind} name {name!r}")
+        self._staged.append(
+            Component(kind, name, factory, self._plugin, self._distribution, _summary(factory, summary))
+        )
+
+    def add_process(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a noise process: `factory(**options) -> NoiseProcess`."""
+        self._add("process", name, factory, summary)
+
+    def add_model(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a score model: `factory(process, **options) -> ScoreModel`."""
+        self._add("model", name, factory, summary)
+
+    def add_sampler(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a sampler: `factory(**options) -> Sampler` (usually the class itself)."""
+        self._add("sampler", name, factory, summary)
+
+    def add_grid(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a time grid: `factory(**options) -> TimeGrid`."""
+        self._add("grid", name, factory, summary)
+
+    def add_model_wrapper(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a model wrapper: `factory(model, **options) -> ScoreModel`."""
+        self._add("model_wrapper", name, factory, summary)
+
+    def add_family(self, kind: str, prefix: str, methods: Iterable[str], *, summary: str = "") -> None:
+        """Announce a parametric family `prefix:<method>` (resolved by `diffkit_resolve`)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+        self._staged.append(Family(kind, prefix, tuple(methods), self._plugin, self._distribution, summary))
+
+    def _commit(self) -> None:
+        for item in self._staged:
+            self._registry._insert(item)
+
+
+@dataclass
+class Registry:
+    """Components by kind and name, plus the plugin manager that resolves families."""
+
+    plugin_manager: pluggy.PluginManager
+    distributions: dict[str, str] = field(default_factory=dict)
+    components: dict[tuple[str, str], Component] = field(default_factory=dict)
+    families: dict[tuple[str, str], Family] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def _insert(self, item: Component | Family) -> None:
+        key = (item.kind, item.name if isinstance(item, Component) else item.prefix)
+        table: dict[Any, Any] = self.components if isinstance(item, Component) else self.families
+        if key in table:
+            other = table[key]
+            raise DuplicateComponentError(
+                f"{item.kind} {key[1]!r} is registered twice: by plugin {other.plugin!r} "
+                f"({other.distribution}) and by plugin {item.plugin!r} ({item.distribution})"
+            )
+        table[key] = item
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names registered directly for `kind` (families excluded)."""
+        return sorted(name for (k, name) in self.components if k == kind)
+
+    def family_examples(self, kind: str) -> list[str]:
+        """`prefix:method` names announced by families of `kind`."""
+        return [f"{f.prefix}:{m}" for (k, _), f in sorted(self.families.items()) if k == kind for m in f.methods]
+
+    def get(self, kind: str, name: str) -> Component:
+        """Look up `name` of `kind`, resolving parametric names through the hook."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+        found = self.components.get((kind, name))
+        if found is not None:
+            return found
+        hook = self.plugin_manager.hook.diffkit_resolve
+        for impl in reversed(hook.get_hookimpls()):  # pluggy's call order
+            factory = impl.function(kind=kind, name=name)
+            if factory is not None:
+                plugin = impl.plugin_name
+                return Component(kind, name, factory, plugin, self.distributions.get(plugin, "?"), _summary(factory, None))
+        candidates = self.names(kind) + self.family_examples(kind)
+        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.4)
+        hint = f"did you mean: {', '.join(close)}?" if close else f"valid names: {', '.join(candidates) or 'none'}"
+        raise UnknownComponentError(f"unknown {kind} {name!r}; {hint} (see `diffkit list {kind}`)")
+
+    def build(self, kind: str, name: str, options: Mapping[str, Any], *args: Any) -> Any:
+        """Resolve, parse options and construct a component; bad values raise OptionError."""
+        component = self.get(kind, name)
+        kwargs = parse_options(kind, name, component.factory, options)
+        try:
+            return component.factory(*args, **kwargs)
+        except (ValueError, TypeError) as error:
+            raise OptionError(f"{kind} {name!r}: {error}") from None
+
+    def listing(self, kind: str | None = None) -> list[Component | Family]:
+        """Every component and family (of `kind`, if given), sorted by kind and name."""
+        items: list[Component | Family] = [c for (k, _), c in self.components.items() if kind in (None, k)]
+        items += [f for (k, _), f in self.families.items() if kind in (None, k)]
+        return sorted(items, key=lambda i: (KINDS.index(i.kind), getattr(i, "name", getattr(i, "prefix", ""))))
+
+
+def _warn(registry: Registry, message: str) -> None:
+    registry.warnings.append(message)
+    warnings.warn(message, PluginLoadWarning, stacklevel=3)
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _is_builtin(dist: importlib.metadata.Distribution | None) -> bool:
+    return dist is not None and dist.metadata["Name"].lower() == "diffkit"
+
+
+def build_registry(
+    *,
+    block: Iterable[str] = (),
+    autoload: bool | None = None,
+    plugins: Iterable[object | str] = (),
+) -> Registry:
+    """Build a fresh registry from the `diffkit` entry points.
+
+    Args:
+        block: entry-point names of plugins not to load (built-ins included).
+        autoload: load third-party entry points (default: True unless
+            `DIFFKIT_DISABLE_PLUGIN_AUTOLOAD` is set). Built-ins always load.
+        plugins: extra plugin objects or module import names to register.
+
+    A plugin that fails to import or register is skipped with a `PluginLoadWarning`
+    naming it; duplicate component names raise `DuplicateComponentError`.
+    """
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    registry = Registry(manager)
+    for name in [*block, *_env_list(_ENV_BLOCK)]:
+        manager.set_blocked(name)
+    if autoload is None:
+        autoload = not os.environ.get(_ENV_AUTOLOAD)
+
+    for entry_point in importlib.metadata.entry_points(group=GROUP):
+        dist = entry_point.dist
+        if not (_is_builtin(dist) or autoload):
+            continue
+        if manager.is_blocked(entry_point.name) or manager.get_plugin(entry_point.name) is not None:
+            continue
+        label = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "unknown distribution"
+        try:
+            manager.register(entry_point.load(), name=entry_point.name)
+        except Exception as error:  # a broken plugin must not break the others
+            _warn(registry, f"diffkit plugin {entry_point.name!r} ({label}) failed to load: {error}")
+            continue
+        registry.distributions[entry_point.name] = label
+
+    for plugin in [*plugins, *_env_list(_ENV_PLUGINS)]:
+        plugin_name = plugin if isinstance(plugin, str) else getattr(plugin, "__name__", repr(plugin))
+        if manager.is_blocked(plugin_name):
+            continue
+        try:
+            obj = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
+            manager.register(obj, name=plugin_name)
+        except Exception as error:
+            _warn(registry, f"diffkit plugin {plugin_name!r} failed to load: {error}")
+            continue
+        registry.distributions[plugin_name] = "local module"
+
+    for impl in reversed(manager.hook.diffkit_register.get_hookimpls()):
+        registrar = Registrar(registry, impl.plugin_name, registry.distributions.get(impl.plugin_name, "?"))
+        try:
+            impl.function(registrar=registrar)
+        except Exception as error:
+            _warn(registry, f"diffkit plugin {impl.plugin_name!r} failed to register: {error}")
+            continue
+        registrar._commit()
+    return registry

@@ -1,0 +1,117 @@
+"""Sampler contract: capabilities, step information, results and composition checks.
+
+A sampler is configured once with typed keyword-only options (a frozen dataclass whose
+fields are the options) and is stateless between calls:
+
+    sampler(model, process, x_init, grid, *, generator=None, callback=None) -> SampleResult
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+from diffkit.errors import CompositionError
+from diffkit.model import ScoreModel
+from diffkit.process import NoiseProcess
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a sampler is, declared once and checked at composition time.
+
+    Attributes:
+        stochastic: draws noise during sampling (needs a generator for reproducibility).
+        order: declared convergence order (strong/ODE order for deterministic samplers,
+            weak order for stochastic ones) in the step size.
+        adaptive: chooses its own steps (the grid only gives the end points).
+        nfe_per_step: model evaluations per grid step (0 if adaptive: not fixed).
+        requires: process features it needs, e.g. {"discrete"}.
+        default_grid: grid used when the user gives none.
+        default_steps: step count used when the user gives none.
+    """
+
+    stochastic: bool
+    order: float
+    adaptive: bool = False
+    nfe_per_step: int = 1
+    requires: frozenset[str] = frozenset()
+    default_grid: str = "uniform"
+    default_steps: int = 100
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a callback receives after each step (or model evaluation for adaptive solvers).
+
+    Attributes:
+        step: 0-based step index.
+        t: time reached, 0-dim tensor.
+        x: current state `(B, *dims)`.
+        nfe: model evaluations so far in this call.
+    """
+
+    step: int
+    t: torch.Tensor
+    x: torch.Tensor
+    nfe: int
+
+
+Callback = Callable[[StepInfo], None]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Output of a sampler call.
+
+    Attributes:
+        x: final samples `(B, *dims)`.
+        nfe: model evaluations used (counted by the model wrapper).
+        steps: steps taken (accepted steps for adaptive solvers).
+        extras: sampler-specific diagnostics.
+    """
+
+    x: torch.Tensor
+    nfe: int
+    steps: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Contract of a sampler."""
+
+    capabilities: ClassVar[Capabilities]
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        process: NoiseProcess,
+        x_init: torch.Tensor,
+        grid: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+    ) -> SampleResult: ...
+
+
+def check_composition(
+    sampler_name: str, sampler: Sampler, process_name: str, process: NoiseProcess
+) -> None:
+    """Raise CompositionError (naming both) if `sampler` needs features `process` lacks."""
+    needed = set(sampler.capabilities.requires)
+    have = set(getattr(process, "features", frozenset()))
+    missing = sorted(needed - have)
+    if missing:
+        raise CompositionError(
+            f"sampler {sampler_name!r} needs a {' and '.join(missing)} process, "
+            f"but process {process_name!r} is not one"
+        )
+
+
+def denoise(model: ScoreModel, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+    """Tweedie denoising step: return E[x0 | x_t = x] from one model call."""
+    return model.predict(x, t, cond).x0

@@ -1,0 +1,1 @@
+"""Built-in diffkit plugins (installed as `diffkit.plugins`), each registered by entry point."""
