@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -82,9 +82,10 @@ class SampleResult:
 
 @runtime_checkable
 class Sampler(Protocol):
-    """Contract of a sampler."""
+    """Contract of a sampler (`capabilities` may be a class attribute or a property)."""
 
-    capabilities: ClassVar[Capabilities]
+    @property
+    def capabilities(self) -> Capabilities: ...
 
     def __call__(
         self,
