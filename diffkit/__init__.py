@@ -14,7 +14,7 @@ from diffkit.hookspecs import hookimpl
 from diffkit.model import Prediction, ScoreModel
 from diffkit.process import LinearGaussianProcess, NoiseProcess
 from diffkit.registry import Registrar, Registry, build_registry
-from diffkit.sampler import Capabilities, SampleResult, Sampler, StepInfo
+from diffkit.sampler import Capabilities, Sampler, SampleResult, StepInfo
 
 __version__ = "0.1.0"
 

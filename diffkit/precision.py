@@ -12,7 +12,8 @@ def schedule_dtype(device: torch.device | str) -> torch.dtype:
 
 def as_schedule_tensor(t: torch.Tensor | float) -> torch.Tensor:
     """Convert a time (or log-SNR) to a tensor in the schedule dtype of its device."""
-    t = torch.as_tensor(t)
+    if not isinstance(t, torch.Tensor):
+        return torch.as_tensor(t, dtype=torch.float64)
     return t.to(schedule_dtype(t.device))
 
 

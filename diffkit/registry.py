@@ -95,7 +95,9 @@ class Registrar:
         """Register a time grid: `factory(**options) -> TimeGrid`."""
         self._add("grid", name, factory, summary)
 
-    def add_model_wrapper(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+    def add_model_wrapper(
+        self, name: str, factory: Callable[..., Any], *, summary: str | None = None
+    ) -> None:
         """Register a model wrapper: `factory(model, **options) -> ScoreModel`."""
         self._add("model_wrapper", name, factory, summary)
 
@@ -137,7 +139,9 @@ class Registry:
 
     def family_examples(self, kind: str) -> list[str]:
         """`prefix:method` names announced by families of `kind`."""
-        return [f"{f.prefix}:{m}" for (k, _), f in sorted(self.families.items()) if k == kind for m in f.methods]
+        return [
+            f"{f.prefix}:{m}" for (k, _), f in sorted(self.families.items()) if k == kind for m in f.methods
+        ]
 
     def get(self, kind: str, name: str) -> Component:
         """Look up `name` of `kind`, resolving parametric names through the hook."""
@@ -148,13 +152,19 @@ class Registry:
             return found
         hook = self.plugin_manager.hook.diffkit_resolve
         for impl in reversed(hook.get_hookimpls()):  # pluggy's call order
-            factory = impl.function(kind=kind, name=name)
+            factory = _call(impl, kind=kind, name=name)
             if factory is not None:
                 plugin = impl.plugin_name
-                return Component(kind, name, factory, plugin, self.distributions.get(plugin, "?"), _summary(factory, None))
+                return Component(
+                    kind, name, factory, plugin, self.distributions.get(plugin, "?"), _summary(factory, None)
+                )
         candidates = self.names(kind) + self.family_examples(kind)
         close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.4)
-        hint = f"did you mean: {', '.join(close)}?" if close else f"valid names: {', '.join(candidates) or 'none'}"
+        hint = (
+            f"did you mean: {', '.join(close)}?"
+            if close
+            else f"valid names: {', '.join(candidates) or 'none'}"
+        )
         raise UnknownComponentError(f"unknown {kind} {name!r}; {hint} (see `diffkit list {kind}`)")
 
     def build(self, kind: str, name: str, options: Mapping[str, Any], *args: Any) -> Any:
@@ -170,7 +180,14 @@ class Registry:
         """Every component and family (of `kind`, if given), sorted by kind and name."""
         items: list[Component | Family] = [c for (k, _), c in self.components.items() if kind in (None, k)]
         items += [f for (k, _), f in self.families.items() if kind in (None, k)]
-        return sorted(items, key=lambda i: (KINDS.index(i.kind), getattr(i, "name", getattr(i, "prefix", ""))))
+        return sorted(
+            items, key=lambda i: (KINDS.index(i.kind), getattr(i, "name", getattr(i, "prefix", "")))
+        )
+
+
+def _call(impl: pluggy.HookImpl, **kwargs: Any) -> Any:
+    """Call one hookimpl with only the arguments it declares (impls may take a subset)."""
+    return impl.function(*(kwargs[arg] for arg in impl.argnames))
 
 
 def _warn(registry: Registry, message: str) -> None:
@@ -211,13 +228,17 @@ def build_registry(
     if autoload is None:
         autoload = not os.environ.get(_ENV_AUTOLOAD)
 
-    for entry_point in importlib.metadata.entry_points(group=GROUP):
+    # built-ins first, so a third-party entry point cannot shadow one by reusing its name
+    entry_points = importlib.metadata.entry_points(group=GROUP)
+    for entry_point in sorted(entry_points, key=lambda ep: not _is_builtin(ep.dist)):
         dist = entry_point.dist
-        if not (_is_builtin(dist) or autoload):
-            continue
-        if manager.is_blocked(entry_point.name) or manager.get_plugin(entry_point.name) is not None:
+        if not (_is_builtin(dist) or autoload) or manager.is_blocked(entry_point.name):
             continue
         label = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "unknown distribution"
+        if manager.get_plugin(entry_point.name) is not None:
+            taken = registry.distributions.get(entry_point.name, "?")
+            _warn(registry, f"diffkit plugin {entry_point.name!r} ({label}) skipped: name taken by {taken}")
+            continue
         try:
             manager.register(entry_point.load(), name=entry_point.name)
         except Exception as error:  # a broken plugin must not break the others
@@ -237,12 +258,14 @@ def build_registry(
             continue
         registry.distributions[plugin_name] = "local module"
 
-    for impl in reversed(manager.hook.diffkit_register.get_hookimpls()):
+    # registration order (built-ins, third parties, then `plugins`), so a duplicate names the earlier first
+    for impl in manager.hook.diffkit_register.get_hookimpls():
         registrar = Registrar(registry, impl.plugin_name, registry.distributions.get(impl.plugin_name, "?"))
         try:
-            impl.function(registrar=registrar)
+            _call(impl, registrar=registrar)
         except Exception as error:
             _warn(registry, f"diffkit plugin {impl.plugin_name!r} failed to register: {error}")
+            manager.unregister(name=impl.plugin_name)  # its other hooks (resolve) go too
             continue
         registrar._commit()
     return registry

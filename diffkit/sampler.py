@@ -99,9 +99,7 @@ class Sampler(Protocol):
     ) -> SampleResult: ...
 
 
-def check_composition(
-    sampler_name: str, sampler: Sampler, process_name: str, process: NoiseProcess
-) -> None:
+def check_composition(sampler_name: str, sampler: Sampler, process_name: str, process: NoiseProcess) -> None:
     """Raise CompositionError (naming both) if `sampler` needs features `process` lacks."""
     needed = set(sampler.capabilities.requires)
     have = set(getattr(process, "features", frozenset()))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from diffkit.precision import schedule_dtype
+
 
 def append_dims(values: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dims so `values` broadcasts against an `ndim`-rank tensor.
@@ -30,7 +32,9 @@ def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
 
 def batch_times(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a time (scalar, 0-dim or `(B,)`) to a `(B,)` tensor on `x`'s device."""
-    t = torch.as_tensor(t, device=x.device)
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=schedule_dtype(x.device))
+    t = t.to(x.device)
     if not torch.is_floating_point(t):
         t = t.to(torch.float64)
     if t.ndim == 0:

@@ -1,0 +1,241 @@
+"""Programmatic entry points: compose components by name and sample (the CLI is a thin shell).
+
+Example::
+
+    from diffkit.api import SampleConfig, sample
+    run = sample(SampleConfig(process="vp", solver="ode", num_samples=1000))
+    run.samples.shape   # (1000, 2)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from diffkit.errors import SamplingError, UsageError
+from diffkit.grid import check_grid
+from diffkit.model import ScoreModel
+from diffkit.process import NoiseProcess
+from diffkit.registry import Registry, build_registry
+from diffkit.sampler import Sampler, StepInfo, check_composition
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Everything `diffkit sample` resolves: component names, their options and the run size."""
+
+    process: str = "vp"
+    solver: str = "ode"
+    model: str = "gmm:ring8"
+    grid: str | None = None
+    steps: int | None = None
+    num_samples: int = 10_000
+    batch_size: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    process_options: Mapping[str, Any] = field(default_factory=dict)
+    solver_options: Mapping[str, Any] = field(default_factory=dict)
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    grid_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Composition:
+    """Resolved components of one run, built and checked before any sampling."""
+
+    process: NoiseProcess
+    model: ScoreModel
+    sampler: Sampler
+    grid: torch.Tensor
+    grid_name: str
+    steps: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass
+class SampleRun:
+    """Result of `sample`: samples `(N, *data_shape)`, NFE and steps per batch (max), wall time, config."""
+
+    samples: torch.Tensor
+    nfe: int
+    steps: int
+    seconds: float
+    config: dict[str, Any]
+    composition: Composition
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value}")
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; expected cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device 'cuda' requested but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unsupported device {name!r}; expected cpu or cuda")
+    return device
+
+
+def compose(config: SampleConfig, registry: Registry) -> Composition:
+    """Build and cross-check process, model, sampler and grid; raise UsageError on any problem."""
+    _positive("--steps", config.steps)
+    _positive("--num-samples", config.num_samples)
+    _positive("--batch-size", config.batch_size)
+    if config.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {config.dtype!r}; expected one of {', '.join(DTYPES)}")
+    device = _device(config.device)
+    process = registry.build("process", config.process, config.process_options)
+    sampler = registry.build("sampler", config.solver, config.solver_options)
+    check_composition(config.solver, sampler, config.process, process)
+    model = registry.build("model", config.model, config.model_options, process)
+    capabilities = sampler.capabilities
+    grid_name = config.grid or capabilities.default_grid
+    steps = config.steps or capabilities.default_steps
+    grid_factory = registry.build("grid", grid_name, config.grid_options)
+    try:
+        grid = check_grid(grid_factory(process, steps), process)
+    except ValueError as error:
+        raise UsageError(f"grid {grid_name!r} on process {config.process!r}: {error}") from None
+    return Composition(process, model, sampler, grid, grid_name, steps, device, DTYPES[config.dtype])
+
+
+class _FiniteWatch:
+    """Callback recording per-step finiteness on device (no host sync until the end)."""
+
+    def __init__(self, forward: Callable[[StepInfo], None] | None) -> None:
+        self.flags: list[torch.Tensor] = []
+        self.times: list[torch.Tensor] = []
+        self.forward = forward
+
+    def __call__(self, info: StepInfo) -> None:
+        self.flags.append(torch.isfinite(info.x).all())
+        self.times.append(info.t)
+        if self.forward is not None:
+            self.forward(info)
+
+    def raise_if_nonfinite(self, x: torch.Tensor, solver: str) -> None:
+        """Raise SamplingError naming the first step (and its time) that produced NaN/Inf."""
+        if self.flags:
+            finite = torch.stack(self.flags).cpu()
+            if not bool(finite.all()):
+                step = int((~finite).nonzero()[0, 0])
+                t = float(self.times[step])
+                raise SamplingError(
+                    f"solver {solver!r} produced NaN or Inf at step {step} (t={t:.6g}); "
+                    "try more steps, float64, or another solver"
+                )
+        if not bool(torch.isfinite(x).all()):
+            raise SamplingError(f"solver {solver!r} returned NaN or Inf samples")
+
+
+def _batch_generator(device: torch.device, seed: int, batch: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + batch + 1) % (2**63))
+    return generator
+
+
+def sample(
+    config: SampleConfig,
+    *,
+    registry: Registry | None = None,
+    x_init: torch.Tensor | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> SampleRun:
+    """Compose the run described by `config` and draw `num_samples` samples.
+
+    Prior noise for all samples comes from one generator seeded with `seed` (so the initial
+    noise of sample i does not depend on the batch size); stochastic samplers draw their noise
+    from a per-batch generator derived from (seed, batch index).
+
+    Args:
+        config: names, options and sizes.
+        registry: a registry (default: `build_registry()`).
+        x_init: optional prior noise `(N, *data_shape)`; overrides `num_samples`.
+        progress: called with the finished fraction of the whole run (0..1) after each step;
+            it reads the step's time on the host, so leave it None where speed matters.
+
+    Raises:
+        UsageError: bad names, options, sizes or compositions (before any sampling).
+        SamplingError: NaN or Inf appeared during sampling.
+    """
+    registry = registry or build_registry()
+    comp = compose(config, registry)
+    shape = comp.model.data_shape
+    if x_init is not None:
+        if tuple(x_init.shape[1:]) != shape or x_init.ndim != len(shape) + 1:
+            needed = ", ".join(map(str, ("N", *shape)))
+            raise UsageError(f"--x-init has shape {tuple(x_init.shape)}, but model {config.model!r} needs ({needed})")
+        num_samples = x_init.shape[0]
+        noise = x_init.to(device=comp.device, dtype=comp.dtype)
+    else:
+        num_samples = config.num_samples
+        generator = torch.Generator(device=comp.device).manual_seed(config.seed)
+        noise = comp.process.prior_sample(
+            (num_samples, *shape), generator=generator, device=comp.device, dtype=comp.dtype
+        )
+    batch_size = config.batch_size or num_samples
+    grid = comp.grid.to(comp.device)
+    chunks, nfes, steps = [], [], []
+    batches = math.ceil(num_samples / batch_size)
+    span = comp.process.t_max - comp.process.t_min
+    start = time.perf_counter()
+    for index in range(batches):
+        x = noise[index * batch_size : (index + 1) * batch_size]
+        forward = None
+        if progress is not None:
+
+            def forward(info: StepInfo, done: int = index) -> None:
+                progress((done + (comp.process.t_max - float(info.t)) / span) / batches)
+
+        watch = _FiniteWatch(forward)
+        result = comp.sampler(
+            comp.model,
+            comp.process,
+            x,
+            grid,
+            generator=_batch_generator(comp.device, config.seed, index),
+            callback=watch,
+        )
+        watch.raise_if_nonfinite(result.x, config.solver)
+        chunks.append(result.x)
+        nfes.append(result.nfe)
+        steps.append(result.steps)
+    seconds = time.perf_counter() - start
+    resolved = asdict(config) | {
+        "num_samples": num_samples,
+        "batch_size": batch_size,
+        "grid": comp.grid_name,
+        "steps": comp.steps,
+        "x_init": x_init is not None,
+        "nfe_per_batch": nfes,
+        "steps_taken_per_batch": steps,
+        "capabilities": asdict(comp.sampler.capabilities)
+        | {"requires": sorted(comp.sampler.capabilities.requires)},
+        "process_repr": repr(comp.process),
+        "sampler_repr": repr(comp.sampler),
+    }
+    return SampleRun(torch.cat(chunks), max(nfes), max(steps), seconds, _jsonable(resolved), comp)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,1 @@
+"""An example diffkit plugin distribution (see `pf_euler` and the README)."""
