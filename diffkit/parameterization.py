@@ -38,7 +38,9 @@ def eps_from_score(score: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return -sigma * score
 
 
-def v_from_eps_x0(eps: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def v_from_eps_x0(
+    eps: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     """v = alpha eps - sigma x0."""
     return alpha * eps - sigma * x0
 
@@ -53,7 +55,9 @@ def x0_from_v(x: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, sigma: torc
     return (alpha * x - sigma * v) / (alpha**2 + sigma**2)
 
 
-def to_eps(kind: str, output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def to_eps(
+    kind: str, output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     """Convert a network output of the given kind to eps."""
     if kind == "eps":
         return output
@@ -66,7 +70,9 @@ def to_eps(kind: str, output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor
     raise ValueError(f"unknown parameterization {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def to_x0(kind: str, output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def to_x0(
+    kind: str, output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     """Convert a network output of the given kind to x0 (exact for x0 and v outputs)."""
     if kind == "x0":
         return output

@@ -37,9 +37,7 @@ class NoiseProcess(Protocol):
     def t_from_log_snr(self, log_snr: torch.Tensor | float) -> torch.Tensor: ...
     def drift(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor: ...
     def diffusion(self, t: torch.Tensor | float) -> torch.Tensor: ...
-    def marginal(
-        self, x0: torch.Tensor, t: torch.Tensor | float
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def marginal(self, x0: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]: ...
     def prior_sample(
         self,
         shape: tuple[int, ...],
@@ -113,33 +111,29 @@ class LinearGaussianProcess(abc.ABC):
 
     def t_from_log_snr(self, log_snr: torch.Tensor | float) -> torch.Tensor:
         """The time t with lambda(t) = `log_snr`, clamped to `[t_min, t_max]`."""
-        return self._eval(
-            lambda lam: self._t_from_log_snr(lam).clamp(self.t_min, self.t_max), log_snr
-        )
+        return self._eval(lambda lam: self._t_from_log_snr(lam).clamp(self.t_min, self.t_max), log_snr)
 
     def f(self, t: torch.Tensor | float) -> torch.Tensor:
         """Drift coefficient f(t) = d log alpha / dt (the drift is f(t) x)."""
         return self._eval(self._d_log_alpha, t)
 
+    def _diffusion_squared(self, t: torch.Tensor) -> torch.Tensor:
+        return self._d_sigma_squared(t) - 2.0 * self._d_log_alpha(t) * self._sigma_squared(t)
+
     def diffusion_squared(self, t: torch.Tensor | float) -> torch.Tensor:
         """g(t)^2 = d sigma^2/dt - 2 f(t) sigma(t)^2."""
-        return self._eval(
-            lambda s: self._d_sigma_squared(s) - 2.0 * self._d_log_alpha(s) * self._sigma_squared(s),
-            t,
-        )
+        return self._eval(self._diffusion_squared, t)
 
     def diffusion(self, t: torch.Tensor | float) -> torch.Tensor:
         """g(t), the diffusion coefficient of the forward SDE; same shape as `t`."""
-        return self.diffusion_squared(t).clamp_min(0.0).sqrt()
+        return self._eval(lambda s: self._diffusion_squared(s).clamp_min(0.0).sqrt(), t)
 
     def drift(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Forward drift f(t) x for data `x` of shape `(B, *dims)` and t scalar or `(B,)`."""
         t = batch_times(t, x)
         return append_dims(self.f(t).to(x.dtype), x.ndim) * x
 
-    def marginal(
-        self, x0: torch.Tensor, t: torch.Tensor | float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def marginal(self, x0: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean `alpha(t) x0` `(B, *dims)` and std `sigma(t)` `(B, 1, ..., 1)` of p(x_t | x0)."""
         t = batch_times(t, x0)
         alpha = append_dims(self.alpha(t).to(x0.dtype), x0.ndim)

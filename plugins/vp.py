@@ -39,7 +39,9 @@ class VPProcess(LinearGaussianProcess):
 
     def _t_from_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
         # alpha^2 = sigmoid(lambda)  =>  log alpha = -softplus(-lambda) / 2
-        return vp_t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-log_snr), self.beta_min, self.beta_max)
+        return vp_t_from_log_alpha(
+            -0.5 * torch.nn.functional.softplus(-log_snr), self.beta_min, self.beta_max
+        )
 
 
 @hookimpl
