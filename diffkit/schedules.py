@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from diffkit.process import LinearGaussianProcess
 
 
 def vp_beta(t: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
@@ -38,3 +41,25 @@ def ddpm_cosine_alpha_bar(n: int, s: float, max_beta: float = 0.999) -> torch.Te
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     betas = (1.0 - f[1:] / f[:-1]).clamp(max=max_beta)
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearBetaProcess(LinearGaussianProcess):
+    """Base of VP and sub-VP: alpha(t) = exp(-1/2 int_0^t beta) with linear beta(t)."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+    t_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.beta_min <= self.beta_max:
+            raise ValueError(f"need 0 < beta_min <= beta_max, got {self.beta_min}, {self.beta_max}")
+        if not 0 < self.t_min < self.t_max:
+            raise ValueError(f"need 0 < t_min < t_max, got {self.t_min}, {self.t_max}")
+
+    def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return vp_log_alpha(t, self.beta_min, self.beta_max)
+
+    def _d_log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.5 * vp_beta(t, self.beta_min, self.beta_max)
