@@ -22,7 +22,9 @@ STEPS = 50
 
 def _free_model(process: diffkit.NoiseProcess, dim: int) -> diffkit.ScoreModel:
     """An eps model costing almost nothing: eps = 0."""
-    return diffkit.ScoreModel(lambda x, t, c: torch.zeros_like(x), kind="eps", process=process, data_shape=(dim,))
+    return diffkit.ScoreModel(
+        lambda x, t, c: torch.zeros_like(x), kind="eps", process=process, data_shape=(dim,)
+    )
 
 
 @pytest.mark.parametrize("solver", FIXED_STEP)

@@ -6,10 +6,10 @@ import json
 from typing import Annotated
 
 import typer
-from diffkit.cli.main import fail, handle_errors, load_registry
 from rich.console import Console
 from rich.table import Table
 
+from diffkit.cli.main import fail, handle_errors, load_registry
 from diffkit.registry import KINDS, Component
 
 ALIASES = {

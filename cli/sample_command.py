@@ -10,7 +10,6 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
-from diffkit.cli.main import handle_errors, load_registry
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -18,6 +17,7 @@ from rich.table import Table
 import diffkit
 from diffkit.api import SampleConfig, SampleRun
 from diffkit.api import sample as run_sample
+from diffkit.cli.main import handle_errors, load_registry
 from diffkit.io import check_writable, read_array, write_samples
 from diffkit.options import split_key_values
 from diffkit.plot import save_plot

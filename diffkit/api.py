@@ -178,7 +178,9 @@ def sample(
     if x_init is not None:
         if tuple(x_init.shape[1:]) != shape or x_init.ndim != len(shape) + 1:
             needed = ", ".join(map(str, ("N", *shape)))
-            raise UsageError(f"--x-init has shape {tuple(x_init.shape)}, but model {config.model!r} needs ({needed})")
+            raise UsageError(
+                f"--x-init has shape {tuple(x_init.shape)}, but model {config.model!r} needs ({needed})"
+            )
         num_samples = x_init.shape[0]
         noise = x_init.to(device=comp.device, dtype=comp.dtype)
     else:

@@ -68,9 +68,10 @@ def wasserstein2_1d_squared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         `(P,)` squared 2-Wasserstein distances, in the promoted dtype of `x` and `y`.
     """
     widths, ix, iy = quantile_steps(x.shape[0], y.shape[0], device=x.device)
-    qx = torch.sort(x, dim=0).values[ix]
-    qy = torch.sort(y, dim=0).values[iy]
-    return (widths.to(qx.dtype).unsqueeze(-1) * (qx - qy).square()).sum(0)
+    # sorting contiguous rows (P, N) is several times faster than sorting columns of (N, P)
+    qx = torch.sort(x.T.contiguous(), dim=1).values[:, ix]
+    qy = torch.sort(y.T.contiguous(), dim=1).values[:, iy]
+    return ((qx - qy).square() * widths.to(qx.dtype)).sum(1)
 
 
 def sliced_wasserstein(

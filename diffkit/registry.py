@@ -11,6 +11,7 @@ registers extra plugin modules by import name (handy for local, uninstalled plug
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -59,6 +60,8 @@ class Family:
 def _summary(factory: Callable[..., Any], summary: str | None) -> str:
     if summary:
         return summary
+    while isinstance(factory, functools.partial) and factory.__doc__ == functools.partial.__doc__:
+        factory = factory.func  # a family member: describe the underlying factory
     doc = (getattr(factory, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
 

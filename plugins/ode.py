@@ -37,8 +37,8 @@ from diffkit import (
     StepInfo,
     hookimpl,
 )
+from diffkit.dynamics import reverse_drift
 from diffkit.grid import check_grid
-from diffkit.plugins.em import reverse_drift
 from diffkit.precision import schedule_dtype
 from diffkit.sampler import Callback
 

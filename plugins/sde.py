@@ -37,10 +37,11 @@ import torch
 import torchsde
 
 from diffkit import Capabilities, NoiseProcess, Registrar, SampleResult, ScoreModel, StepInfo, hookimpl
+from diffkit.dynamics import reverse_drift
 from diffkit.grid import check_grid
-from diffkit.plugins.em import local_generator, reverse_drift
 from diffkit.precision import schedule_dtype
 from diffkit.sampler import Callback
+from diffkit.stepping import local_generator
 
 
 @dataclass(frozen=True)

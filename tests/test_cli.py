@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diffkit.cli.main import app
 from typer.testing import CliRunner
+
+from diffkit.cli.main import app
 
 runner = CliRunner()
 FAST = ["--num-samples", "300", "--no-plot"]

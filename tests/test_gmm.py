@@ -7,6 +7,10 @@ import warnings
 
 import pytest
 import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+import diffkit
+from diffkit.errors import OptionError, PluginLoadWarning
 from diffkit.plugins.gmm import (
     GaussianMixture,
     OracleModel,
@@ -15,10 +19,6 @@ from diffkit.plugins.gmm import (
     ring8_mixture,
     two_modes_mixture,
 )
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
-
-import diffkit
-from diffkit.errors import OptionError, PluginLoadWarning
 
 MODELS = ("gmm:ring8", "gmm:two-modes", "gmm:d64")
 PROCESSES = ("vp", "ve", "subvp", "ddpm", "ddpm-cosine")
