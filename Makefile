@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.diffkit-installed
 
-.PHONY: install sample test bench lint clean
+.PHONY: install sample test bench lint readme-table clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest bench/ --benchmark-only
+
+readme-table: $(STAMP)
+	$(BIN)/diffkit list sampler --markdown > .samplers.md
+	$(BIN)/python -c "import pathlib, re; p = pathlib.Path('README.md'); t = pathlib.Path('.samplers.md').read_text().strip(); \
+	b, e = '<!-- samplers:begin -->', '<!-- samplers:end -->'; \
+	p.write_text(re.sub(re.escape(b) + '.*?' + re.escape(e), lambda m: b + chr(10) + t + chr(10) + e, p.read_text(), flags=re.S))"
+	rm -f .samplers.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

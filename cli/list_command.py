@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from diffkit.catalog import render_markdown, sampler_rows
 from diffkit.cli.main import fail, handle_errors, load_registry
-from diffkit.registry import KINDS, Component
+from diffkit.registry import KINDS, Component, Registry
 
 ALIASES = {
     "process": "process",
@@ -37,14 +38,22 @@ def list_components(
         str | None, typer.Argument(help="process|sampler|model|grid|model_wrapper (or sde, solver)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array on stdout.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="With `sampler`: print the sampler table as Markdown.")
+    ] = False,
 ) -> None:
-    """List registered components (with their plugin and distribution)."""
+    """List registered components (with their plugin and distribution); samplers with capabilities."""
     resolved = None
     if kind is not None:
         resolved = ALIASES.get(kind.lower())
         if resolved is None:
             fail(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)} (or sde, solver)")
     registry = load_registry()
+    if resolved == "sampler" and not as_json:
+        _print_samplers(registry, markdown)
+        return
+    if markdown:
+        fail("--markdown is available for `diffkit list sampler` only")
     rows = []
     for item in registry.listing(resolved):
         if isinstance(item, Component):
@@ -68,4 +77,30 @@ def list_components(
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(row[c] for c in ("kind", "name", "plugin", "distribution", "summary")))
+    Console(width=200).print(table)
+
+
+def _print_samplers(registry: Registry, markdown: bool) -> None:
+    """The sampler catalogue: capabilities, supported processes and provenance."""
+    rows = sampler_rows(registry)
+    all_processes = tuple(registry.names("process"))
+    if markdown:
+        typer.echo(render_markdown(rows, all_processes))
+        return
+    table = Table(title="diffkit samplers")
+    for column in ("name", "order", "NFE/step", "stochastic", "grid", "processes", "plugin", "distribution"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        nfe = "adaptive" if row.adaptive else str(row.nfe_per_step or "varies")
+        processes = "all" if row.processes == all_processes else ", ".join(row.processes)
+        table.add_row(
+            row.name,
+            f"{row.order:g}",
+            nfe,
+            "yes" if row.stochastic else "no",
+            row.default_grid,
+            processes,
+            row.plugin,
+            row.distribution,
+        )
     Console(width=200).print(table)
