@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Diffusion-model processes, score models and samplers, composed from plugins.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 
 

@@ -24,23 +24,48 @@ from diffkit.plot import save_plot
 from diffkit.quality import oracle_quality
 from diffkit.registry import Registry
 
-Opts = Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE")]
+
+def _completer(kind: str):  # noqa: ANN202 - typer completion callback
+    def complete(incomplete: str) -> list[str]:
+        registry = load_registry()
+        names = registry.names(kind) + registry.family_examples(kind)
+        return [name for name in names if name.startswith(incomplete)]
+
+    return complete
+
+
+def _opts(target: str) -> typer.Option:  # noqa: D401
+    return typer.Option(
+        metavar="KEY=VALUE", help=f"Option of the {target} (repeatable; an unknown KEY lists the valid ones)."
+    )
 
 
 @handle_errors
 def sample(
-    sde: Annotated[str, typer.Option("--sde", help="Noise process (see `diffkit list process`).")] = "vp",
-    solver: Annotated[str, typer.Option(help="Sampler, e.g. ode, ode:rk4, em, sde:srk.")] = "ode",
-    model: Annotated[str, typer.Option(help="Score model (see `diffkit list model`).")] = "gmm:ring8",
+    sde: Annotated[
+        str,
+        typer.Option(
+            "--sde", help="Noise process (`diffkit list process`).", autocompletion=_completer("process")
+        ),
+    ] = "vp",
+    solver: Annotated[
+        str,
+        typer.Option(help="Sampler, e.g. ode, ode:rk4, em, sde:srk.", autocompletion=_completer("sampler")),
+    ] = "ode",
+    model: Annotated[
+        str, typer.Option(help="Score model (`diffkit list model`).", autocompletion=_completer("model"))
+    ] = "gmm:ring8",
     steps: Annotated[int | None, typer.Option(help="Steps (default: the solver's).")] = None,
-    grid: Annotated[str | None, typer.Option(help="Time grid (default: the solver's).")] = None,
+    grid: Annotated[
+        str | None, typer.Option(help="Time grid (default: the solver's).", autocompletion=_completer("grid"))
+    ] = None,
     num_samples: Annotated[int, typer.Option(help="Number of samples.")] = 10_000,
     batch_size: Annotated[int | None, typer.Option(help="Samples per batch (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    solver_opt: Opts = None,
-    sde_opt: Opts = None,
-    model_opt: Opts = None,
-    grid_opt: Opts = None,
+    solver_opt: Annotated[list[str] | None, _opts("solver")] = None,
+    sde_opt: Annotated[list[str] | None, _opts("process")] = None,
+    model_opt: Annotated[list[str] | None, _opts("model")] = None,
+    grid_opt: Annotated[list[str] | None, _opts("grid")] = None,
     x_init: Annotated[
         Path | None, typer.Option(help="Start from this prior noise (.npy, or .npz with 'samples').")
     ] = None,
