@@ -103,7 +103,7 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     check_composition(config.solver, sampler, config.process, process)
     model = registry.build("model", config.model, config.model_options, process)
     capabilities = sampler.capabilities
-    grid_name = config.grid or capabilities.default_grid
+    grid_name = config.grid or capabilities.grid_for(process)
     steps = config.steps or capabilities.default_steps
     grid_factory = registry.build("grid", grid_name, config.grid_options)
     try:

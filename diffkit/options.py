@@ -50,6 +50,19 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _hints(target: Any) -> dict[str, Any]:
+    """Type hints of a factory's parameters: for a class, its `__init__` plus its (MRO-resolved) fields."""
+    if not inspect.isclass(target):
+        return typing.get_type_hints(target)
+    hints: dict[str, Any] = {}
+    for source in (target.__init__, target):
+        try:
+            hints.update(typing.get_type_hints(source))
+        except NameError:  # an annotation names something unresolvable from that namespace
+            continue
+    return hints
+
+
 def option_specs(factory: Callable[..., Any]) -> dict[str, OptionSpec]:
     """Return the keyword-only options of `factory`, keyed by name (underscores).
 
@@ -60,7 +73,9 @@ def option_specs(factory: Callable[..., Any]) -> dict[str, OptionSpec]:
     while isinstance(target, functools.partial):
         bound |= set(target.keywords)
         target = target.func
-    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    # for a class, resolve annotations class by class along the MRO, each in its own module
+    # (a dataclass base from another module may use names the subclass's module lacks)
+    hints = _hints(target)
     specs = {}
     for name, parameter in inspect.signature(target).parameters.items():
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in bound:

@@ -9,6 +9,9 @@ A process is fixed by `alpha(t)` and `sigma(t)` on `[t_min, t_max]`; the SDE fol
 which reproduces the VE, VP and sub-VP SDEs exactly. Subclasses implement four float64
 functions (`_log_alpha`, `_sigma_squared`, `_d_log_alpha`, `_d_sigma_squared`); everything
 public is derived here, computed in float64 (float32 on MPS) and cast to the input's dtype.
+
+`features` names what samplers may require or tune for: "discrete" (exact DDPM knots,
+`alpha_bar_table`), "variance-preserving", "sub-variance-preserving", "variance-exploding".
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ class Capabilities:
         requires: process features it needs, e.g. {"discrete"}.
         default_grid: grid used when the user gives none.
         default_steps: step count used when the user gives none.
+        grid_by_feature: per-process overrides of `default_grid`, as (process feature, grid)
+            pairs; the first feature the process has wins (e.g. ("variance-exploding", "karras")).
     """
 
     stochastic: bool
@@ -41,6 +43,15 @@ class Capabilities:
     requires: frozenset[str] = frozenset()
     default_grid: str = "uniform"
     default_steps: int = 100
+    grid_by_feature: tuple[tuple[str, str], ...] = ()
+
+    def grid_for(self, process: NoiseProcess) -> str:
+        """The default grid for `process` (feature overrides first, then `default_grid`)."""
+        features = set(getattr(process, "features", ()))
+        for feature, grid in self.grid_by_feature:
+            if feature in features:
+                return grid
+        return self.default_grid
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,12 @@ class SampleResult:
 
 @runtime_checkable
 class Sampler(Protocol):
-    """Contract of a sampler (`capabilities` may be a class attribute or a property)."""
+    """Contract of a sampler (`capabilities` may be a class attribute or a property).
+
+    Optionally a fixed-step sampler defines `expected_nfe(n_steps) -> int` when its NFE is not
+    simply `n_steps * nfe_per_step` (+1 with `denoise_final`), e.g. Heun's Euler last step; the
+    conformance kit then checks the counted calls against it.
+    """
 
     @property
     def capabilities(self) -> Capabilities: ...

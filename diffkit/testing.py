@@ -66,6 +66,18 @@ def count_network_calls(model: ScoreModel) -> _CountingNetwork:
     return counter
 
 
+def expected_nfe(sampler: Sampler, n_steps: int) -> int | None:
+    """NFE a fixed-step sampler declares for `n_steps`: its `expected_nfe(n)` if it has one, else
+    `n * nfe_per_step` (+1 with `denoise_final`); None when it cannot be known in advance."""
+    declared = getattr(sampler, "expected_nfe", None)
+    if callable(declared):
+        return int(declared(n_steps))
+    caps = sampler.capabilities
+    if caps.adaptive or caps.nfe_per_step <= 0:
+        return None
+    return n_steps * caps.nfe_per_step + (1 if getattr(sampler, "denoise_final", False) else 0)
+
+
 def _check_result(need: Callable[[bool, str], None], result: Any, x_init: torch.Tensor) -> None:
     need(isinstance(result, SampleResult), f"returned {type(result).__name__}, not SampleResult")
     x = result.x
@@ -137,12 +149,9 @@ def _run_case(
     )
     if not caps.adaptive:
         need(result.steps == n_steps, f"{result.steps} steps on a {n_steps}-step grid")
-        if caps.nfe_per_step > 0:
-            expected = n_steps * caps.nfe_per_step + (1 if getattr(first, "denoise_final", False) else 0)
-            need(
-                result.nfe == expected,
-                f"nfe {result.nfe} != steps * nfe_per_step (+1 to denoise) = {expected}",
-            )
+        expected = expected_nfe(first, n_steps)
+        if expected is not None:
+            need(result.nfe == expected, f"nfe {result.nfe} != the {expected} the sampler declares")
     min_calls = 1 if caps.adaptive else n_steps
     _check_callbacks(need, infos, result, min_calls, x_init, (process.t_min, process.t_max))
 

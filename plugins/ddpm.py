@@ -25,7 +25,7 @@ class _DiscreteProcess(LinearGaussianProcess):
     """Common machinery: a decreasing log-SNR table at t_i = i/N, linear in between."""
 
     num_steps: int = 1000
-    features: ClassVar[frozenset[str]] = frozenset({"discrete"})
+    features: ClassVar[frozenset[str]] = frozenset({"discrete", "variance-preserving"})
     _table: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def _alpha_bar(self) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from diffkit import Capabilities, Registrar, hookimpl
-from diffkit.dynamics import reverse_drift
+from diffkit.dynamics import euler_maruyama_step
 from diffkit.stepping import FixedStepSampler, StepContext
 
 
@@ -34,14 +34,11 @@ class EulerMaruyama(FixedStepSampler):
 
     def step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
         """One Euler–Maruyama step of the reverse SDE from times[i] to times[i + 1]."""
-        t, t_next = ctx.times[i], ctx.times[i + 1]
+        t = ctx.times[i]
         score = ctx.predict(x, i).score
-        f = ctx.coef(ctx.process.f(t))
-        g2 = ctx.process.diffusion_squared(t)
-        x = x + reverse_drift(x, score, f, ctx.coef(g2)) * ctx.coef(t_next - t)
-        if i < ctx.n_steps - 1:  # the last step returns the mean
-            x = x + ctx.coef(torch.sqrt(g2.clamp_min(0.0) * (t - t_next))) * ctx.noise(x)
-        return x
+        noise = ctx.noise(x) if i < ctx.n_steps - 1 else None  # the last step returns the mean
+        f, g2 = ctx.process.f(t), ctx.process.diffusion_squared(t)
+        return euler_maruyama_step(x, score, f, g2, ctx.times[i + 1] - t, noise)
 
 
 @hookimpl

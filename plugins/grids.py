@@ -72,6 +72,29 @@ class QuadraticGrid:
         return process.t_min + (process.t_max - process.t_min) * ramp**2
 
 
+@dataclass(frozen=True, kw_only=True)
+class DDPMGrid:
+    """DDPM spacing: knots of a discrete process evenly spaced from t_max to t_min (else uniform).
+
+    On a process with knots t_k = k / N (k = 1..N, feature "discrete") the grid holds the knots
+    `round(j (N - 1) / n)` (0-based, j = n..0): it starts at t_max like diffusers' "trailing"
+    spacing and ends at t_min, and its n + 1 knots are the timesteps of improved DDPM's
+    respacing (Nichol & Dhariwal 2021, `space_timesteps`) and of diffusers' "linspace" spacing
+    with n + 1 steps. n <= N - 1; n = N - 1 is every knot. Continuous processes get `uniform`.
+    """
+
+    def __call__(self, process: NoiseProcess, n_steps: int) -> torch.Tensor:
+        """Return the `(n_steps + 1,)` float64 grid."""
+        _check_steps(n_steps)
+        if "discrete" not in getattr(process, "features", frozenset()):
+            return UniformGrid()(process, n_steps)
+        knots = process.discrete_times  # (N,) ascending
+        if n_steps > knots.shape[0] - 1:
+            raise ValueError(f"a process with {knots.shape[0]} knots has at most {knots.shape[0] - 1} steps")
+        ramp = torch.arange(n_steps, -1, -1, dtype=torch.float64) / n_steps  # 1 .. 0
+        return knots[torch.round(ramp * (knots.shape[0] - 1)).long()]
+
+
 def _pin_ends(grid: torch.Tensor, process: NoiseProcess) -> torch.Tensor:
     """Set the end points exactly (inverting the log-SNR may be off by rounding)."""
     grid = grid.clone()
@@ -86,3 +109,4 @@ def diffkit_register(registrar: Registrar) -> None:
     registrar.add_grid("log-snr", LogSNRGrid)
     registrar.add_grid("karras", KarrasGrid)
     registrar.add_grid("quadratic", QuadraticGrid)
+    registrar.add_grid("ddpm", DDPMGrid)

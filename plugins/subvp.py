@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -13,6 +14,8 @@ from diffkit.schedules import LinearBetaProcess, vp_beta
 @dataclass(frozen=True, kw_only=True)
 class SubVPProcess(LinearBetaProcess):
     """Sub-VP SDE: alpha as in VP, sigma = 1 - alpha^2 (variance below VP's)."""
+
+    features: ClassVar[frozenset[str]] = frozenset({"sub-variance-preserving"})
 
     def _sigma_squared(self, t: torch.Tensor) -> torch.Tensor:
         return torch.expm1(2.0 * self._log_alpha(t)) ** 2

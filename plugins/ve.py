@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -14,6 +15,7 @@ from diffkit import LinearGaussianProcess, Registrar, hookimpl
 class VEProcess(LinearGaussianProcess):
     """VE SDE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t, g^2 = d sigma^2 / dt."""
 
+    features: ClassVar[frozenset[str]] = frozenset({"variance-exploding"})
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     t_min: float = 1e-5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -13,6 +14,8 @@ from diffkit.schedules import LinearBetaProcess, vp_beta, vp_t_from_log_alpha
 @dataclass(frozen=True, kw_only=True)
 class VPProcess(LinearBetaProcess):
     """VP SDE with linear beta(t); alpha^2 + sigma^2 = 1 (DDPM's continuous limit)."""
+
+    features: ClassVar[frozenset[str]] = frozenset({"variance-preserving"})
 
     def _sigma_squared(self, t: torch.Tensor) -> torch.Tensor:
         return -torch.expm1(2.0 * self._log_alpha(t))
