@@ -9,10 +9,14 @@ number of steps on `vp` (diffusers on its equivalent linear-beta DDPM table). Th
 are exactly the bench runners' (scheduler construction and `set_timesteps` are per-round setup,
 outside the timing, like diffkit's grid). `extra_info` gives the time per step and the same in
 units of one evaluation of the exact gmm:ring8 network on the batch (`overhead_in_oracle_evals`),
-the number `diffkit bench` reports as `overhead_per_step`.
+the number `diffkit bench` reports as `overhead_per_step`. Torch runs on one thread here (as
+`diffkit bench` does by default): on a busy machine multi-threaded timings of small batches vary
+by an order of magnitude.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -43,8 +47,17 @@ def _free_model(process: diffkit.NoiseProcess) -> diffkit.ScoreModel:
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Time on one torch thread; restore the thread count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
-def oracle_eval() -> float:
+def oracle_eval(one_thread: None) -> float:
     """Seconds of one exact ring8 network evaluation at this suite's batch size."""
     return _oracle_eval_seconds(BATCH)
 

@@ -136,6 +136,11 @@ def bench(
     finally:
         torch.set_num_threads(previous)
     summary = _write_outputs(config, result, out, plot)
+    ran = {row["implementation"] for row in result.rows}
+    for runner in peer_runners:
+        if runner.implementation not in ran:
+            message = f"warning: peer {runner.implementation!r} implements none of the swept solvers"
+            typer.echo(message, err=True)
     if as_json:
         typer.echo(json.dumps(_jsonable(summary)))
     else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from diffkit.errors import DiffkitError
 from diffkit.registry import Component, Family, Registry
+from diffkit.sampler import Capabilities
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,19 @@ def _names(registry: Registry) -> list[str]:
     return sorted(set(names))
 
 
+_FEATURE_LABELS = {"variance-exploding": "VE", "variance-preserving": "VP", "discrete": "discrete"}
+
+
+def _grid_cell(caps: Capabilities) -> str:
+    """`default_grid`, with per-feature overrides in parentheses, e.g. `quadratic (VE: log-snr)`."""
+    overrides = [
+        f"{_FEATURE_LABELS.get(feature, feature)}: {grid}"
+        for feature, grid in caps.grid_by_feature
+        if grid != caps.default_grid
+    ]
+    return caps.default_grid + (f" ({', '.join(overrides)})" if overrides else "")
+
+
 def _composable(requires: frozenset[str], process: object) -> bool:
     return set(requires) <= set(getattr(process, "features", ()))
 
@@ -60,7 +74,7 @@ def sampler_rows(registry: Registry) -> list[SamplerRow]:
                 caps.nfe_per_step,
                 caps.stochastic,
                 caps.adaptive,
-                caps.default_grid,
+                _grid_cell(caps),
                 supported,
                 component.plugin,
                 component.distribution,

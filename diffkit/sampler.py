@@ -54,6 +54,11 @@ class Capabilities:
         return self.default_grid
 
 
+# Quadratic-in-t grids suit VP-type processes; on VE, t is already log(sigma)-linear and the
+# log-SNR (geometric sigma) grid measured as good or better for every quadratic-default sampler.
+VE_LOG_SNR: tuple[tuple[str, str], ...] = (("variance-exploding", "log-snr"),)
+
+
 @dataclass(frozen=True)
 class StepInfo:
     """What a callback receives after each step (or model evaluation for adaptive solvers).

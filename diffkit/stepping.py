@@ -61,7 +61,9 @@ class StepContext:
 
     def coef(self, value: torch.Tensor | float) -> torch.Tensor:
         """Cast a schedule scalar (computed in float64) to the state's dtype."""
-        return torch.as_tensor(value, device=self.device).to(self.dtype)
+        if not isinstance(value, torch.Tensor):  # a Python float: keep its float64 precision
+            value = torch.as_tensor(value, dtype=self.times.dtype, device=self.device)
+        return value.to(device=self.device, dtype=self.dtype)
 
     def noise(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped like `like`, from the caller's generator."""

@@ -27,6 +27,7 @@ from diffkit.exponential import (
     exponential_step,
     half_log_snr,
 )
+from diffkit.sampler import VE_LOG_SNR
 from diffkit.stepping import FixedStepSampler, StepContext
 
 
@@ -64,6 +65,7 @@ class DDIM(FixedStepSampler):
             adaptive=False,
             nfe_per_step=1,
             default_grid="quadratic",
+            grid_by_feature=VE_LOG_SNR,
             default_steps=50,
         )
 

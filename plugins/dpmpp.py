@@ -41,6 +41,7 @@ from diffkit.exponential import (
     half_log_snr,
     singlestep_weights,
 )
+from diffkit.sampler import VE_LOG_SNR
 from diffkit.stepping import FixedStepSampler, StepContext
 
 
@@ -96,7 +97,12 @@ class DPMSolverPP3M(_Multistep):
 
     max_order: ClassVar[int] = 3
     capabilities: ClassVar[Capabilities] = Capabilities(
-        stochastic=False, order=3.0, nfe_per_step=1, default_grid="quadratic", default_steps=20
+        stochastic=False,
+        order=3.0,
+        nfe_per_step=1,
+        default_grid="quadratic",
+        grid_by_feature=VE_LOG_SNR,
+        default_steps=20,
     )
 
 
@@ -138,6 +144,7 @@ class DPMSolverPP2MSDE(_Multistep):
             order=1.0 if stochastic else 2.0,
             nfe_per_step=1,
             default_grid="quadratic",
+            grid_by_feature=VE_LOG_SNR,
             default_steps=50,
         )
 
@@ -163,7 +170,12 @@ class DPMSolverPP2S(FixedStepSampler):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(
-        stochastic=False, order=2.0, nfe_per_step=2, default_grid="quadratic", default_steps=10
+        stochastic=False,
+        order=2.0,
+        nfe_per_step=2,
+        default_grid="quadratic",
+        grid_by_feature=VE_LOG_SNR,
+        default_steps=10,
     )
 
     def step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Built-in time grids: `uniform` (in t), `log-snr`, `karras` (rho in sigma/alpha), `quadratic`.
+"""Built-in time grids: `uniform` (in t), `log-snr`, `karras` (rho in sigma/alpha), `quadratic`, `ddpm`.
 
 Each returns a float64 tensor `(n_steps + 1,)` descending from t_max to t_min.
 """
@@ -104,7 +104,7 @@ def _pin_ends(grid: torch.Tensor, process: NoiseProcess) -> torch.Tensor:
 
 @hookimpl
 def diffkit_register(registrar: Registrar) -> None:
-    """Register the four built-in grids."""
+    """Register the five built-in grids."""
     registrar.add_grid("uniform", UniformGrid)
     registrar.add_grid("log-snr", LogSNRGrid)
     registrar.add_grid("karras", KarrasGrid)

@@ -65,6 +65,7 @@ from diffkit.edm import (
     to_scaled,
 )
 from diffkit.model import Prediction
+from diffkit.sampler import VE_LOG_SNR
 from diffkit.stepping import FixedStepSampler, StepContext
 
 
@@ -115,6 +116,7 @@ class Heun(FixedStepSampler):
             adaptive=False,
             nfe_per_step=2,
             default_grid="quadratic",
+            grid_by_feature=VE_LOG_SNR,
             default_steps=20,
         )
 

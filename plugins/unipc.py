@@ -33,6 +33,7 @@ from diffkit.exponential import (
     half_log_snr,
     unipc_weights,
 )
+from diffkit.sampler import VE_LOG_SNR
 from diffkit.stepping import StepContext
 
 
@@ -88,6 +89,7 @@ class UniPC(MultistepSampler):
             order=float(self.order + int(self.use_corrector)),
             nfe_per_step=1,
             default_grid="log-snr" if self.order == 2 else "quadratic",
+            grid_by_feature=VE_LOG_SNR,
             default_steps=20,
         )
 

@@ -212,3 +212,11 @@ def test_bad_peers_are_one_line_and_write_nothing(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout and not out.exists()
+
+
+def test_a_peer_without_the_swept_solvers_is_a_warning(tmp_path: Path) -> None:
+    args = ["bench", "--solvers", "em", "--nfe", "4", "--num-samples", "16", "--no-plot"]
+    result = invoke(*args, "--peers", "diffusers", "--out", str(tmp_path / "b"), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip() == "warning: peer 'diffusers' implements none of the swept solvers"
+    assert {cell["implementation"] for cell in json.loads(result.stdout)["cells"]} == {"diffkit"}

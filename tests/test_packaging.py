@@ -25,6 +25,7 @@ def _unbuilt(folder: str, names: list[str]) -> set[str]:
     top = shutil.ignore_patterns(*UNBUILT)(folder, names) if Path(folder) == ROOT else set()
     return set(top) | set(EVERYWHERE(folder, names))
 
+
 pytestmark = pytest.mark.slow
 
 

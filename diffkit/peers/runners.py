@@ -140,7 +140,7 @@ class PeerRunner(abc.ABC):
             raise SamplingError(f"{self.implementation} {method.name} returned NaN or Inf samples")
         config = {
             "implementation": self.implementation,
-            "version": importlib.metadata.version(self.implementation),
+            "version": _version(self.implementation),
             "solver": spec.solver,
             "method": method.name,
             "options": self.options(spec.solver),
@@ -255,6 +255,14 @@ class KDiffusionRunner(PeerRunner):
                 return function(denoise, x / alpha_max, sigmas, disable=True, **method.options)
 
         return sample, {"grid": f"karras (rho {kd.KARRAS_RHO:g})", "sigmas": sigmas.tolist()}
+
+
+def _version(distribution: str) -> str:
+    """Installed version of a distribution ("?" without metadata)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 #: the runner of each peer name
