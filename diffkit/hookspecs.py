@@ -40,7 +40,8 @@ def diffkit_register(registrar: Registrar) -> None:
     """Add components to the registry being built.
 
     :param registrar: the typed registrar of this plugin: call `add_process`,
-        `add_sampler`, `add_grid`, `add_model`, `add_model_wrapper` and `add_family`.
+        `add_sampler`, `add_grid`, `add_model`, `add_model_wrapper`, `add_network`,
+        `add_loss`, `add_dataset` and `add_family`.
         A name registered twice raises `DuplicateComponentError` naming both plugins.
 
     Called once per `build_registry()`; must not keep global state.
@@ -56,7 +57,8 @@ def diffkit_register(registrar: Registrar) -> None:
 def diffkit_resolve(kind: str, name: str) -> Callable[..., Any] | None:
     """Return a factory for a parametric component name, or None if not yours.
 
-    :param kind: "process", "model", "sampler", "grid" or "model_wrapper".
+    :param kind: one of `diffkit.registry.KINDS` ("process", "model", "sampler", "grid",
+        "model_wrapper", "network", "loss", "dataset").
     :param name: the full name asked for, e.g. "ode:rk4" or "sde:srk".
 
     Called only for names not registered directly; the first non-None result wins.

@@ -26,7 +26,16 @@ from diffkit import hookspecs
 from diffkit.errors import DuplicateComponentError, OptionError, PluginLoadWarning, UnknownComponentError
 from diffkit.options import parse_options
 
-KINDS: tuple[str, ...] = ("process", "model", "sampler", "grid", "model_wrapper")
+KINDS: tuple[str, ...] = (
+    "process",
+    "model",
+    "sampler",
+    "grid",
+    "model_wrapper",
+    "network",
+    "loss",
+    "dataset",
+)
 GROUP = "diffkit"
 _ENV_AUTOLOAD = "DIFFKIT_DISABLE_PLUGIN_AUTOLOAD"
 _ENV_BLOCK = "DIFFKIT_BLOCK_PLUGINS"
@@ -103,6 +112,18 @@ class Registrar:
     ) -> None:
         """Register a model wrapper: `factory(model, **options) -> ScoreModel`."""
         self._add("model_wrapper", name, factory, summary)
+
+    def add_network(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a score-network architecture: `factory(data_shape, **options) -> torch.nn.Module`."""
+        self._add("network", name, factory, summary)
+
+    def add_loss(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a training objective: `factory(**options) -> Loss`."""
+        self._add("loss", name, factory, summary)
+
+    def add_dataset(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a dataset: `factory(**options) -> Dataset`."""
+        self._add("dataset", name, factory, summary)
 
     def add_family(self, kind: str, prefix: str, methods: Iterable[str], *, summary: str = "") -> None:
         """Announce a parametric family `prefix:<method>` (resolved by `diffkit_resolve`)."""
