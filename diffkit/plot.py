@@ -38,6 +38,7 @@ def _figure_images(images: np.ndarray):  # noqa: ANN202
     import matplotlib.pyplot as plt
 
     count = min(64, images.shape[0])
+    low, high = np.percentile(images[:count], [0.5, 99.5])  # one grey scale for the whole grid
     cols = int(math.ceil(math.sqrt(count)))
     rows = int(math.ceil(count / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols, rows), dpi=100, squeeze=False)
@@ -46,7 +47,7 @@ def _figure_images(images: np.ndarray):  # noqa: ANN202
         if i < count:
             image = images[i]
             image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
-            ax.imshow(np.clip(image, -1, 1) if image.ndim == 3 else image, cmap="gray")
+            ax.imshow(np.clip((image - low) / max(high - low, 1e-12), 0, 1), cmap="gray", vmin=0, vmax=1)
     return fig, axes[0, 0]
 
 
