@@ -1,0 +1,26 @@
+"""Training objectives of the score-based literature, as pure functions returning `(B,)` losses.
+
+* `ncsn_dsm`: noise-conditional DSM over geometric levels, lambda(sigma) = sigma^2 (NCSN).
+* `weighted_dsm`: continuous-time DSM, standard or likelihood weighting (score SDE).
+* `l_simple`: DDPM's eps-MSE, or x0 / v targets.
+* `vlb`, `vlb_terms`, `hybrid`: DDPM's variational bound and improved DDPM's hybrid objective.
+"""
+
+from diffkit.losses.dsm import l_simple, ncsn_dsm, uniform_times, weighted_dsm
+from diffkit.losses.gaussian import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl
+from diffkit.losses.vlb import DiscreteSchedule, hybrid, split_learned_variance, vlb, vlb_terms
+
+__all__ = [
+    "DiscreteSchedule",
+    "discretized_gaussian_log_likelihood",
+    "gaussian_log_likelihood",
+    "hybrid",
+    "l_simple",
+    "ncsn_dsm",
+    "normal_kl",
+    "split_learned_variance",
+    "uniform_times",
+    "vlb",
+    "vlb_terms",
+    "weighted_dsm",
+]

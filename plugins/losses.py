@@ -1,0 +1,153 @@
+"""Training objectives `ncsn`, `dsm`, `simple`, `vlb` and `hybrid` (wrapping `diffkit.losses`).
+
+A loss factory takes the objective's options and returns a `Loss`: a frozen callable
+`loss(model, x0, *, generator=None, cond=None) -> Tensor (B,)` of per-sample losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+
+from diffkit import Registrar, ScoreModel, hookimpl
+from diffkit import losses as L
+from diffkit.ncsn import geometric_levels
+
+
+class Loss(Protocol):
+    """A configured objective: per-sample losses `(B,)` for data `x0` `(B, *dims)`."""
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class NCSNLoss:
+    """NCSN denoising score matching over geometric levels, lambda = sigma^2 (Song & Ermon 2019)."""
+
+    sigma_max: float = 50.0
+    sigma_min: float = 0.01
+    levels: int = 10
+
+    def __post_init__(self) -> None:
+        """Validate the levels."""
+        geometric_levels(self.sigma_max, self.sigma_min, self.levels)
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> torch.Tensor:
+        """Per-sample NCSN loss `(B,)`."""
+        sigmas = geometric_levels(self.sigma_max, self.sigma_min, self.levels)
+        return L.ncsn_dsm(model, x0, sigmas, generator=generator, cond=cond)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DSMLoss:
+    """Continuous-time weighted DSM, standard or likelihood weighting (Song et al. 2021, eq. 7)."""
+
+    weighting: Literal["standard", "likelihood"] = "standard"
+    importance: bool = False
+
+    def __post_init__(self) -> None:
+        """Validate the options."""
+        if self.weighting not in ("standard", "likelihood"):
+            raise ValueError(f"weighting must be standard or likelihood, got {self.weighting!r}")
+        if self.importance and self.weighting != "likelihood":
+            raise ValueError("importance=true needs weighting=likelihood")
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> torch.Tensor:
+        """Per-sample weighted DSM loss `(B,)`."""
+        return L.weighted_dsm(
+            model, x0, weighting=self.weighting, importance=self.importance, generator=generator, cond=cond
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimpleLoss:
+    """DDPM's L_simple: MSE to eps (or x0, v) at uniformly drawn t (Ho et al. 2020, eq. 14)."""
+
+    target: Literal["eps", "x0", "v"] = "eps"
+
+    def __post_init__(self) -> None:
+        """Validate the target."""
+        if self.target not in ("eps", "x0", "v"):
+            raise ValueError(f"target must be eps, x0 or v, got {self.target!r}")
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> torch.Tensor:
+        """Per-sample L_simple `(B,)`."""
+        return L.l_simple(model, x0, target=self.target, generator=generator, cond=cond)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VLBLoss:
+    """DDPM's variational bound on a discrete process, one random term per sample (Ho et al. 2020, eq. 5)."""
+
+    variance: Literal["beta", "beta_tilde", "learned"] = "beta_tilde"
+    decoder: Literal["discretized", "gaussian"] = "discretized"
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> torch.Tensor:
+        """Per-sample L_vlb estimate `(B,)` in nats."""
+        return L.vlb(model, x0, variance=self.variance, decoder=self.decoder, generator=generator, cond=cond)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HybridLoss:
+    """Improved DDPM's L_simple + lambda L_vlb with learned variance (Nichol & Dhariwal 2021, eq. 16)."""
+
+    lam: float = 1e-3
+    decoder: Literal["discretized", "gaussian"] = "discretized"
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> torch.Tensor:
+        """Per-sample hybrid loss `(B,)`."""
+        return L.hybrid(model, x0, lam=self.lam, decoder=self.decoder, generator=generator, cond=cond)
+
+
+@hookimpl
+def diffkit_register(registrar: Registrar) -> None:
+    """Register the training objectives."""
+    registrar.add_loss("ncsn", NCSNLoss)
+    registrar.add_loss("dsm", DSMLoss)
+    registrar.add_loss("simple", SimpleLoss)
+    registrar.add_loss("vlb", VLBLoss)
+    registrar.add_loss("hybrid", HybridLoss)
