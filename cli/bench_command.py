@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +24,7 @@ from diffkit.io import write_with
 from diffkit.options import split_key_values
 from diffkit.peers import parse_peers
 from diffkit.peers.runners import peer_runners as build_peer_runners
+from diffkit.provenance import jsonable
 from diffkit.registry import Registry
 
 Opts = Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE")]
@@ -142,7 +142,7 @@ def bench(
             message = f"warning: peer {runner.implementation!r} implements none of the swept solvers"
             typer.echo(message, err=True)
     if as_json:
-        typer.echo(json.dumps(_jsonable(summary)))
+        typer.echo(json.dumps(jsonable(summary)))
     else:
         _print_table(summary)
 
@@ -185,22 +185,13 @@ def _write_outputs(config: BenchConfig, result: SweepResult, out: Path, plot: bo
         runs={"computed": result.computed, "reused": result.reused},
         files={name: str(path) for name, path in files.items()},
     )
-    text = json.dumps(_jsonable(summary), indent=1)
+    text = json.dumps(jsonable(summary), indent=1)
     write_with(out / "summary.json", lambda handle: handle.write(text.encode()))
     report = render_markdown(summary) + peer_markdown(summary)
     write_with(files["report"], lambda handle: handle.write(report.encode()))
     if plot:
         save_pareto(files["plot"], summary)
     return summary
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN becomes null, so the summary is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _print_table(summary: dict[str, Any]) -> None:

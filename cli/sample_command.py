@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Annotated
 
@@ -14,13 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import diffkit
 from diffkit.api import SampleConfig, SampleRun
 from diffkit.api import sample as run_sample
 from diffkit.cli.main import handle_errors, load_registry
 from diffkit.io import check_writable, read_array, write_samples
 from diffkit.options import split_key_values
 from diffkit.plot import save_plot
+from diffkit.provenance import machine, versions
 from diffkit.quality import oracle_quality
 from diffkit.registry import Registry
 
@@ -101,7 +100,7 @@ def sample(
     run = _run_with_progress(config, registry, noise)
     samples = run.samples.detach().cpu()
     summary = _summary(run, samples, out, plot_path if plot else None)
-    config_record = run.config | {"versions": _versions(), "machine": platform.platform()}
+    config_record = run.config | {"versions": versions(), "machine": machine(device)}
     write_samples(out, samples.numpy(), run.nfe, run.seconds, config_record)
     if plot:
         log_prob = getattr(run.composition.model, "data_log_prob", None)
@@ -164,18 +163,3 @@ def _print_table(summary: dict) -> None:
         if value is not None:
             table.add_row(key.replace("_", " "), str(value))
     Console().print(table)
-
-
-def _versions() -> dict[str, str]:
-    import pluggy
-    import torchdiffeq
-    import torchsde
-
-    return {
-        "diffkit": diffkit.__version__,
-        "torch": torch.__version__,
-        "torchdiffeq": torchdiffeq.__version__,
-        "torchsde": torchsde.__version__,
-        "pluggy": pluggy.__version__,
-        "python": platform.python_version(),
-    }

@@ -15,12 +15,9 @@ import csv
 import io
 import json
 import os
-import platform
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from diffkit.errors import UsageError
 from diffkit.io import write_with
@@ -71,38 +68,6 @@ FIELDS: tuple[str, ...] = (
 RESULTS_JSONL = "results.jsonl"
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
-
-
-def versions() -> dict[str, str]:
-    """Versions of diffkit, its numerical dependencies and Python."""
-    import pluggy
-    import torchdiffeq
-    import torchsde
-
-    import diffkit
-
-    return {
-        "diffkit": diffkit.__version__,
-        "torch": torch.__version__,
-        "torchdiffeq": getattr(torchdiffeq, "__version__", "?"),
-        "torchsde": getattr(torchsde, "__version__", "?"),
-        "pluggy": pluggy.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def machine(device: str) -> dict[str, Any]:
-    """Facts about the machine a row ran on: platform, CPU, threads and accelerator."""
-    facts: dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        facts["device_name"] = torch.cuda.get_device_name(torch.device(device))
-    return facts
 
 
 def _csv_value(value: Any) -> Any:

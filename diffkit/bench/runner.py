@@ -27,6 +27,7 @@ from diffkit.bench.plan import SolverPlan
 from diffkit.bench.spec import DIFFKIT, BenchConfig, RunSpec
 from diffkit.errors import SamplingError
 from diffkit.model import ScoreModel
+from diffkit.provenance import jsonable
 from diffkit.registry import Registry
 
 
@@ -199,7 +200,7 @@ class DiffkitRunner:
             "process_repr": repr(comp.process),
             "sampler_repr": repr(comp.sampler),
         }
-        config_json = _jsonable(resolved)
+        config_json = jsonable(resolved)
         return RunOutput(result.x, result.nfe, result.steps, seconds, model_seconds, config_json, comp)
 
     def nfe_at_tolerance(self, spec: RunSpec, noise: torch.Tensor, tolerance: float) -> int:
@@ -207,14 +208,3 @@ class DiffkitRunner:
         options = {**spec.solver_options(), "rtol": tolerance, "atol": tolerance}
         run = sample(self.sample_config(spec, solver_options=options), registry=self.registry, x_init=noise)
         return run.nfe
-
-
-def _jsonable(value: Any) -> Any:
-    """Mappings, sequences and scalars as JSON types (anything else as its str)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

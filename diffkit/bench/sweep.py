@@ -21,12 +21,13 @@ from diffkit.bench.plan import (
     tolerance_for_budget,
 )
 from diffkit.bench.quality import ExactSets, exact_sets, reference_solution, score
-from diffkit.bench.records import ResultStore, machine, versions
+from diffkit.bench.records import ResultStore
 from diffkit.bench.report import FLOORED
 from diffkit.bench.runner import DiffkitRunner, Runner, RunOutput
 from diffkit.bench.spec import BenchConfig, RunSpec
 from diffkit.errors import DiffkitError, UsageError
 from diffkit.model import ExactData
+from diffkit.provenance import machine, versions
 from diffkit.registry import Registry
 
 #: samples used to calibrate the tolerance of adaptive solvers, and to warm each solver up
