@@ -59,6 +59,8 @@ def test_json_summary(tmp_path: Path) -> None:
     with np.load(tmp_path / "s.npz") as data:
         assert summary["nfe"] == int(data["nfe"])
     assert 0 < summary["sliced_w2_floor"] < 1 and summary["sliced_w2"] > 0
+    assert 0.85 < summary["spread_ratio"] < 1.15  # exact ODE sampler: within-mode spread of the data
+    assert summary["mode_weight_tv"] < 3 * summary["mode_weight_tv_floor"] + 0.05
 
 
 def test_same_seed_bit_identical_and_x_init_round_trip(tmp_path: Path) -> None:
