@@ -67,11 +67,12 @@ def load_registry() -> Registry:
 
 
 def _register_commands() -> None:
-    from diffkit.cli import bench_command, list_command, sample_command
+    from diffkit.cli import bench_command, list_command, sample_command, train_command
 
     app.command("sample")(sample_command.sample)
     app.command("list")(list_command.list_components)
     app.command("bench")(bench_command.bench)
+    app.command("train")(train_command.train_command)
 
 
 _register_commands()

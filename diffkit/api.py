@@ -21,6 +21,7 @@ from diffkit.errors import SamplingError, UsageError
 from diffkit.grid import check_grid
 from diffkit.model import ScoreModel
 from diffkit.process import NoiseProcess
+from diffkit.provenance import jsonable
 from diffkit.registry import Registry, build_registry
 from diffkit.sampler import Sampler, StepInfo, check_composition
 
@@ -101,7 +102,7 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     process = registry.build("process", config.process, config.process_options)
     sampler = registry.build("sampler", config.solver, config.solver_options)
     check_composition(config.solver, sampler, config.process, process)
-    model = registry.build("model", config.model, config.model_options, process)
+    model = _build_model(config, registry, process)
     capabilities = sampler.capabilities
     grid_name = config.grid or capabilities.grid_for(process)
     steps = config.steps or capabilities.default_steps
@@ -111,6 +112,22 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     except ValueError as error:
         raise UsageError(f"grid {grid_name!r} on process {config.process!r}: {error}") from None
     return Composition(process, model, sampler, grid, grid_name, steps, device, DTYPES[config.dtype])
+
+
+def _build_model(config: SampleConfig, registry: Registry, process: NoiseProcess) -> ScoreModel:
+    """A registered model by name, or a `diffkit train` checkpoint folder (a path)."""
+    from diffkit.train.checkpoint import is_checkpoint_name, model_from_checkpoint
+
+    if not is_checkpoint_name(config.model):
+        return registry.build("model", config.model, config.model_options, process)
+    return model_from_checkpoint(
+        config.model,
+        registry,
+        config.process,
+        process,
+        process_options=dict(config.process_options),
+        model_options=dict(config.model_options),
+    )
 
 
 class _FiniteWatch:
@@ -230,14 +247,4 @@ def sample(
         "process_repr": repr(comp.process),
         "sampler_repr": repr(comp.sampler),
     }
-    return SampleRun(torch.cat(chunks), max(nfes), max(steps), seconds, _jsonable(resolved), comp)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    return SampleRun(torch.cat(chunks), max(nfes), max(steps), seconds, jsonable(resolved), comp)

@@ -1,0 +1,232 @@
+"""The training loop: AdamW, weight EMA, gradient clipping and exactly reproducible resumption.
+
+Step i draws its batch (and label dropout) from a CPU generator and its times and noise from a
+device generator, both seeded from `(seed, i)` alone, and runs the forward pass under a forked
+global RNG seeded the same way (for dropout). Together with the saved AdamW state and EMA this
+makes `N` steps in one go and `N/2` steps + `--resume` + `N/2` steps give bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffkit import parameterization as param
+from diffkit.data import Dataset
+from diffkit.errors import UsageError
+from diffkit.model import ScoreModel
+from diffkit.provenance import versions
+from diffkit.registry import Registry, build_registry
+from diffkit.train import checkpoint as ckpt
+from diffkit.train.config import TrainConfig
+from diffkit.train.ema import ema_decay, init_ema, update_ema
+from diffkit.train.report import save_loss_curve, save_sample_grid
+
+Progress = Callable[[int, float], None]
+
+
+@dataclass
+class TrainResult:
+    """A finished (or resumed-and-finished) run: network with raw weights, EMA weights, losses."""
+
+    network: nn.Module
+    ema: dict[str, torch.Tensor]
+    losses: list[float]
+    iteration: int
+    seconds: float
+    record: dict[str, Any]
+
+
+@dataclass
+class _Setup:
+    """The composed components of a run."""
+
+    dataset: Dataset
+    model: ScoreModel
+    loss: Any
+    null_label: int | None
+    learn_variance: bool
+
+
+def step_seed(seed: int, iteration: int, stream: int) -> int:
+    """Seed of random stream `stream` (0 data, 1 noise, 2 global RNG) at step `iteration`."""
+    return (seed * 1_000_003 + iteration * 7 + stream + 1) % (2**63)
+
+
+def _setup(config: TrainConfig, registry: Registry, device: torch.device) -> _Setup:
+    """Build dataset, process, network and loss; check they fit together on a two-example batch."""
+    if config.kind not in param.KINDS:
+        raise UsageError(
+            f"unknown parameterization --kind {config.kind!r}; expected {', '.join(param.KINDS)}"
+        )
+    dataset = registry.build("dataset", config.data, config.data_options)
+    process = registry.build("process", config.process, config.process_options)
+    loss = registry.build("loss", config.loss, config.loss_options)
+    network = ckpt.build_network(
+        registry, config.network, dict(config.network_options), dataset.data_shape, config.seed
+    ).to(device)
+    labels = getattr(network, "labels", None)
+    null_label = None if labels is None else int(labels.null_label)
+    if null_label is not None and dataset.labels is None:
+        raise UsageError(
+            f"network {config.network!r} is class-conditional, but dataset {config.data!r} has no labels"
+        )
+    if null_label is not None and null_label != dataset.num_classes:
+        raise UsageError(
+            f"network {config.network!r} has num_classes={null_label}, dataset {config.data!r} has "
+            f"{dataset.num_classes}; pass --net-opt num_classes={dataset.num_classes}"
+        )
+    learn_variance = bool(getattr(network, "learn_variance", False))
+    needs_variance = config.loss == "hybrid" or getattr(loss, "variance", None) == "learned"
+    if needs_variance != learn_variance:
+        raise UsageError(
+            f"loss {config.loss!r} {'needs' if needs_variance else 'does not use'} a learned variance: "
+            f"pass --net-opt learn_variance={str(needs_variance).lower()}"
+        )
+    model = ScoreModel(network, kind=config.kind, process=process, data_shape=dataset.data_shape)
+    x0 = dataset.data[:2].to(device)
+    cond = None if null_label is None else dataset.labels[:2].to(device)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            loss(model, x0, generator=torch.Generator(device).manual_seed(0), cond=cond)
+    except (ValueError, TypeError, AttributeError, RuntimeError) as error:
+        raise UsageError(
+            f"loss {config.loss!r} cannot train network {config.network!r} on process {config.process!r} "
+            f"with dataset {config.data!r}: {error}"
+        ) from None
+    return _Setup(dataset, model, loss, null_label, learn_variance)
+
+
+def _record(config: TrainConfig, setup: _Setup, iteration: int) -> dict[str, Any]:
+    """The `config.json` content at `iteration`."""
+    return {
+        "format": ckpt.FORMAT,
+        "format_version": ckpt.FORMAT_VERSION,
+        "network": {"name": config.network, "options": dict(config.to_dict()["network_options"])},
+        "kind": config.kind,
+        "learn_variance": setup.learn_variance,
+        "process": {"name": config.process, "options": dict(config.to_dict()["process_options"])},
+        "dataset": {"name": config.data, "options": dict(config.to_dict()["data_options"])},
+        "data_shape": list(setup.dataset.data_shape),
+        "value_range": setup.dataset.value_range,
+        "num_classes": 0 if setup.null_label is None else setup.null_label,
+        "loss": {"name": config.loss, "options": dict(config.to_dict()["loss_options"])},
+        "seed": config.seed,
+        "iteration": iteration,
+        "train": config.to_dict(),
+        "versions": versions(),
+    }
+
+
+def _existing(out: Path, config: TrainConfig, resume: bool) -> ckpt.TrainingState | None:
+    """The state to resume from, if any; refuse a folder that holds a different recipe."""
+    if not (out / ckpt.CONFIG).exists():
+        return None
+    record = ckpt.read_config(out)
+    theirs = TrainConfig.from_dict(record.get("train", {})).recipe() if "train" in record else {}
+    ours = config.recipe()
+    differing = [key for key in ours if theirs.get(key) != ours[key]]
+    if differing:
+        key = differing[0]
+        raise UsageError(
+            f"{str(out)!r} holds a run with a different config ({key}: {theirs.get(key)!r} there, "
+            f"{ours[key]!r} here); choose another --out"
+        )
+    return ckpt.read_training_state(out) if resume else None
+
+
+def train(
+    config: TrainConfig,
+    out: Path | None = None,
+    *,
+    registry: Registry | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train `config` for `config.iters` steps, checkpointing into `out` (None: keep in memory).
+
+    Args:
+        config: the recipe and run length.
+        out: checkpoint folder; an existing one must hold the same recipe.
+        registry: a registry (default: `build_registry()`).
+        resume: continue from the checkpoint in `out` (a fresh start if it has none).
+        progress: called as `progress(iteration, loss)` after every step.
+
+    Raises:
+        UsageError: bad names, options, combinations or checkpoint folders (before any step).
+    """
+    registry = registry or build_registry()
+    device = torch.device(config.device)
+    setup = _setup(config, registry, device)
+    network = setup.model.network
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = _existing(out, config, resume) if out is not None else None
+    ema, losses, start = init_ema(network), [], 0
+    if state is not None:
+        try:
+            network.load_state_dict(state.raw, strict=True)
+            ema = {k: v.to(device) for k, v in state.ema.items()}
+            optimizer.load_state_dict(
+                {"state": state.optimizer_state, "param_groups": optimizer.state_dict()["param_groups"]}
+            )
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise UsageError(f"cannot resume from {str(out)!r}: {str(error).splitlines()[0]}") from None
+        losses, start = state.losses, int(state.record["iteration"])
+    began = time.perf_counter()
+    network.train()
+    for i in range(start, config.iters):
+        data_gen = torch.Generator().manual_seed(step_seed(config.seed, i, 0))
+        noise_gen = torch.Generator(device).manual_seed(step_seed(config.seed, i, 1))
+        x0, labels = setup.dataset.sample_batch(config.batch_size, generator=data_gen)
+        cond = None
+        if setup.null_label is not None:
+            drop = torch.rand(config.batch_size, generator=data_gen) < config.cond_drop
+            cond = torch.where(drop, setup.null_label, labels).to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(step_seed(config.seed, i, 2))  # dropout draws from the global RNG
+            loss = setup.loss(setup.model, x0.to(device), generator=noise_gen, cond=cond).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if config.clip > 0:
+            nn.utils.clip_grad_norm_(network.parameters(), config.clip)
+        optimizer.step()
+        update_ema(ema, network, ema_decay(config.ema, i))
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(i + 1, losses[-1])
+        if out is not None and ((i + 1) % config.checkpoint_every == 0 or i + 1 == config.iters):
+            _checkpoint(out, config, setup, i + 1, ema, optimizer, losses, registry)
+    network.eval()
+    return TrainResult(
+        network,
+        ema,
+        losses,
+        max(start, config.iters),
+        time.perf_counter() - began,
+        _record(config, setup, config.iters),
+    )
+
+
+def _checkpoint(
+    out: Path,
+    config: TrainConfig,
+    setup: _Setup,
+    iteration: int,
+    ema: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    losses: list[float],
+    registry: Registry,
+) -> None:
+    """Write the checkpoint files, the loss curve and (optionally) a sample grid."""
+    network = setup.model.network
+    ckpt.save_checkpoint(out, _record(config, setup, iteration), network, ema, optimizer, losses)
+    save_loss_curve(out / "loss.png", losses, title=f"{config.loss} | {config.data} | {config.network}")
+    if config.sample_every_checkpoint:
+        with torch.random.fork_rng(devices=[]):
+            save_sample_grid(out, config, iteration, registry, setup.dataset.data_shape)
