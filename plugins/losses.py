@@ -30,7 +30,28 @@ class Loss(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
-class NCSNLoss:
+class _Objective:
+    """Base of the registered objectives: one uniform call, the math in `_evaluate`."""
+
+    def __call__(
+        self,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> torch.Tensor:
+        """Per-sample losses `(B,)` for data `x0` `(B, *dims)`."""
+        return self._evaluate(model, x0, generator, cond)
+
+    def _evaluate(
+        self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class NCSNLoss(_Objective):
     """NCSN denoising score matching over geometric levels, lambda = sigma^2 (Song & Ermon 2019)."""
 
     sigma_max: float = 50.0
@@ -41,13 +62,8 @@ class NCSNLoss:
         """Validate the levels."""
         geometric_levels(self.sigma_max, self.sigma_min, self.levels)
 
-    def __call__(
-        self,
-        model: ScoreModel,
-        x0: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        cond: Any = None,
+    def _evaluate(
+        self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any
     ) -> torch.Tensor:
         """Per-sample NCSN loss `(B,)`."""
         sigmas = geometric_levels(self.sigma_max, self.sigma_min, self.levels)
@@ -55,7 +71,7 @@ class NCSNLoss:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DSMLoss:
+class DSMLoss(_Objective):
     """Continuous-time weighted DSM, standard or likelihood weighting (Song et al. 2021, eq. 7)."""
 
     weighting: Literal["standard", "likelihood"] = "standard"
@@ -68,13 +84,8 @@ class DSMLoss:
         if self.importance and self.weighting != "likelihood":
             raise ValueError("importance=true needs weighting=likelihood")
 
-    def __call__(
-        self,
-        model: ScoreModel,
-        x0: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        cond: Any = None,
+    def _evaluate(
+        self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any
     ) -> torch.Tensor:
         """Per-sample weighted DSM loss `(B,)`."""
         return L.weighted_dsm(
@@ -83,7 +94,7 @@ class DSMLoss:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SimpleLoss:
+class SimpleLoss(_Objective):
     """DDPM's L_simple: MSE to eps (or x0, v) at uniformly drawn t (Ho et al. 2020, eq. 14)."""
 
     target: Literal["eps", "x0", "v"] = "eps"
@@ -93,51 +104,36 @@ class SimpleLoss:
         if self.target not in ("eps", "x0", "v"):
             raise ValueError(f"target must be eps, x0 or v, got {self.target!r}")
 
-    def __call__(
-        self,
-        model: ScoreModel,
-        x0: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        cond: Any = None,
+    def _evaluate(
+        self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any
     ) -> torch.Tensor:
         """Per-sample L_simple `(B,)`."""
         return L.l_simple(model, x0, target=self.target, generator=generator, cond=cond)
 
 
 @dataclass(frozen=True, kw_only=True)
-class VLBLoss:
+class VLBLoss(_Objective):
     """DDPM's variational bound on a discrete process, one random term per sample (Ho et al. 2020, eq. 5)."""
 
     variance: Literal["beta", "beta_tilde", "learned"] = "beta_tilde"
     decoder: Literal["discretized", "gaussian"] = "discretized"
 
-    def __call__(
-        self,
-        model: ScoreModel,
-        x0: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        cond: Any = None,
+    def _evaluate(
+        self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any
     ) -> torch.Tensor:
         """Per-sample L_vlb estimate `(B,)` in nats."""
         return L.vlb(model, x0, variance=self.variance, decoder=self.decoder, generator=generator, cond=cond)
 
 
 @dataclass(frozen=True, kw_only=True)
-class HybridLoss:
+class HybridLoss(_Objective):
     """Improved DDPM's L_simple + lambda L_vlb with learned variance (Nichol & Dhariwal 2021, eq. 16)."""
 
     lam: float = 1e-3
     decoder: Literal["discretized", "gaussian"] = "discretized"
 
-    def __call__(
-        self,
-        model: ScoreModel,
-        x0: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        cond: Any = None,
+    def _evaluate(
+        self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any
     ) -> torch.Tensor:
         """Per-sample hybrid loss `(B,)`."""
         return L.hybrid(model, x0, lam=self.lam, decoder=self.decoder, generator=generator, cond=cond)
