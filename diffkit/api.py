@@ -159,9 +159,14 @@ class _FiniteWatch:
             raise SamplingError(f"solver {solver!r} returned NaN or Inf samples")
 
 
+def sampler_seed(seed: int, batch: int = 0) -> int:
+    """Seed of the sampler's noise generator for batch `batch` of a run seeded with `seed`."""
+    return (seed * 1_000_003 + batch + 1) % (2**63)
+
+
 def _batch_generator(device: torch.device, seed: int, batch: int) -> torch.Generator:
     generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + batch + 1) % (2**63))
+    generator.manual_seed(sampler_seed(seed, batch))
     return generator
 
 

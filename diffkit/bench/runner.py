@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from diffkit.api import SampleConfig, compose, sample
+from diffkit.api import SampleConfig, compose, sample, sampler_seed
 from diffkit.bench.plan import SolverPlan
 from diffkit.bench.spec import DIFFKIT, BenchConfig, RunSpec
 from diffkit.errors import SamplingError
@@ -80,11 +80,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued work on a CUDA device (no-op elsewhere), so wall times are complete."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def sampler_seed(seed: int) -> int:
-    """Seed of the noise generator of a stochastic sampler at `seed` (diffkit.api's first batch)."""
-    return (seed * 1_000_003 + 1) % (2**63)
 
 
 class NetworkTimer:

@@ -40,9 +40,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffkit.api import DTYPES
+from diffkit.api import DTYPES, sampler_seed
 from diffkit.bench.plan import SolverPlan
-from diffkit.bench.runner import NetworkTimer, RunOutput, TimingRegistry, sampler_seed, synchronize
+from diffkit.bench.runner import NetworkTimer, RunOutput, TimingRegistry, synchronize
 from diffkit.bench.spec import BenchConfig, RunSpec
 from diffkit.errors import SamplingError, UsageError
 from diffkit.model import ScoreModel
