@@ -73,6 +73,18 @@ def _register_commands() -> None:
     app.command("list")(list_command.list_components)
     app.command("bench")(bench_command.bench)
     app.command("train")(train_command.train_command)
+    from diffkit.cli import encode_command, likelihood_command
+
+    app.command("likelihood")(likelihood_command.likelihood)
+    app.command("encode")(encode_command.encode_command)
+    app.command("decode")(encode_command.decode_command)
+    from diffkit.cli import evaluate_command
+
+    app.command("evaluate")(evaluate_command.evaluate)
+    from diffkit.cli import inverse_command
+
+    app.command("inpaint")(inverse_command.inpaint)
+    app.command("colorize")(inverse_command.colorize)
 
 
 _register_commands()

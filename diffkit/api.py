@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -46,6 +46,11 @@ class SampleConfig:
     solver_options: Mapping[str, Any] = field(default_factory=dict)
     model_options: Mapping[str, Any] = field(default_factory=dict)
     grid_options: Mapping[str, Any] = field(default_factory=dict)
+    cond: int | None = None
+    guidance: str | None = None
+    guidance_scale: float | None = None
+    inverse: str | None = None
+    inverse_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,7 +107,7 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     process = registry.build("process", config.process, config.process_options)
     sampler = registry.build("sampler", config.solver, config.solver_options)
     check_composition(config.solver, sampler, config.process, process)
-    model = _build_model(config, registry, process)
+    model = _wrap_model(config, registry, _build_model(config, registry, process))
     capabilities = sampler.capabilities
     grid_name = config.grid or capabilities.grid_for(process)
     steps = config.steps or capabilities.default_steps
@@ -128,6 +133,31 @@ def _build_model(config: SampleConfig, registry: Registry, process: NoiseProcess
         process_options=dict(config.process_options),
         model_options=dict(config.model_options),
     )
+
+
+def _wrap_model(config: SampleConfig, registry: Registry, model: ScoreModel) -> ScoreModel:
+    """Apply guidance (`cond`, `guidance`, `guidance_scale`) and an inverse-problem wrapper."""
+    guided = config.guidance is not None or config.guidance_scale is not None
+    if config.cond is None and guided:
+        raise UsageError("--guidance and --guidance-scale need a class label: pass --cond LABEL")
+    if config.cond is not None:
+        name = config.guidance or "cfg"
+        if not getattr(model, "conditional", False):
+            raise UsageError(
+                f"--cond needs a class-conditional model, but model {config.model!r} is unconditional"
+            )
+        if not 0 <= config.cond < model.num_classes:
+            raise UsageError(
+                f"--cond {config.cond} out of range: "
+                f"model {config.model!r} has classes 0..{model.num_classes - 1}"
+            )
+        if guided:
+            scale = 1.0 if config.guidance_scale is None else config.guidance_scale
+            model = registry.build("model_wrapper", name, {"scale": scale}, model)
+        model.bind(config.cond)
+    if config.inverse is not None:
+        model = registry.build("model_wrapper", config.inverse, config.inverse_options, model)
+    return model
 
 
 class _FiniteWatch:
@@ -176,6 +206,8 @@ def sample(
     registry: Registry | None = None,
     x_init: torch.Tensor | None = None,
     progress: Callable[[float], None] | None = None,
+    data: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> SampleRun:
     """Compose the run described by `config` and draw `num_samples` samples.
 
@@ -189,6 +221,9 @@ def sample(
         x_init: optional prior noise `(N, *data_shape)`; overrides `num_samples`.
         progress: called with the finished fraction of the whole run (0..1) after each step;
             it reads the step's time on the host, so leave it None where speed matters.
+        data: with `config.inverse`: the measured data, `(N, *data_shape)` for inpainting or
+            gray images `(N, *spatial)` for colorization; N sets the number of samples.
+        mask: with `config.inverse == "inpaint"`: nonzero where known, `data_shape` or `(N, *data_shape)`.
 
     Raises:
         UsageError: bad names, options, sizes or compositions (before any sampling).
@@ -197,6 +232,17 @@ def sample(
     registry = registry or build_registry()
     comp = compose(config, registry)
     shape = comp.model.data_shape
+    measurement = None
+    if config.inverse is not None:
+        if data is None:
+            raise UsageError(f"{config.inverse} needs measured data (--data)")
+        measurement = comp.model.measurement(data.to(device=comp.device, dtype=comp.dtype), mask)
+        if x_init is None:
+            config = replace(config, num_samples=measurement.known.shape[0])
+        elif x_init.shape[0] != measurement.known.shape[0]:
+            raise UsageError(
+                f"--x-init has {x_init.shape[0]} rows but --data has {measurement.known.shape[0]}"
+            )
     if x_init is not None:
         if tuple(x_init.shape[1:]) != shape or x_init.ndim != len(shape) + 1:
             needed = ", ".join(map(str, ("N", *shape)))
@@ -226,6 +272,10 @@ def sample(
                 progress((done + (comp.process.t_max - float(info.t)) / span) / batches)
 
         watch = _FiniteWatch(forward)
+        rows = None
+        if measurement is not None:
+            rows = measurement.rows(index * batch_size, (index + 1) * batch_size)
+            comp.model.bind(rows)
         result = comp.sampler(
             comp.model,
             comp.process,
@@ -235,7 +285,7 @@ def sample(
             callback=watch,
         )
         watch.raise_if_nonfinite(result.x, config.solver)
-        chunks.append(result.x)
+        chunks.append(result.x if rows is None else comp.model.finalize(result.x, rows))
         nfes.append(result.nfe)
         steps.append(result.steps)
     seconds = time.perf_counter() - start

@@ -93,6 +93,7 @@ def ancestral_step(
     *,
     variance: str,
     noise: torch.Tensor | None = None,
+    variance_interpolation: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample the posterior q(x_s | x_t, x0 = x0_hat) of a linear-Gaussian process, s < t.
 
@@ -108,8 +109,12 @@ def ancestral_step(
         x: state `(B, *dims)` at t.
         eps: predicted noise at (x, t), same shape.
         alpha, sigma, log_snr: `(2,)` schedule values at (t, s), schedule dtype; cast here.
-        variance: "beta" or "beta_tilde".
+        variance: "beta" or "beta_tilde" (ignored when `variance_interpolation` is given).
         noise: standard normal like `x`, or None for the posterior mean.
+        variance_interpolation: a learned-variance model's v like `x`: then `std^2 = exp(v log beta
+            + (1 - v) log beta_tilde)` (Nichol & Dhariwal 2021, eq. 15), computed in the schedule
+            dtype as `std_beta^v std_beta_tilde^(1 - v)`, so v = 1 and v = 0 reproduce the fixed
+            variances bit for bit.
 
     Returns:
         the state `(B, *dims)` at s.
@@ -118,10 +123,14 @@ def ancestral_step(
     mean = (x - (sigma_ts2 / sigma[0]).to(x.dtype) * eps) / alpha_ts.to(x.dtype)
     if noise is None:
         return mean
-    if variance == "beta":
-        std = sigma_ts2.sqrt()
+    std_beta, std_tilde = sigma_ts2.sqrt(), sigma_ts2.sqrt() * sigma[1] / sigma[0]
+    if variance_interpolation is not None:
+        v = variance_interpolation.to(std_beta.dtype)
+        std = std_beta.pow(v) * std_tilde.pow(1.0 - v)
+    elif variance == "beta":
+        std = std_beta
     elif variance == "beta_tilde":
-        std = sigma_ts2.sqrt() * sigma[1] / sigma[0]
+        std = std_tilde
     else:
         raise ValueError(f"unknown variance {variance!r}; expected beta or beta_tilde")
     return mean + std.to(x.dtype) * noise

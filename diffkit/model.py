@@ -24,6 +24,9 @@ class Prediction:
         output: raw network output `(B, *dims)`.
         x: the input `(B, *dims)`.
         alpha, sigma: schedule values broadcast to `(B, 1, ..., 1)` in `x`'s dtype.
+        variance_interpolation: improved DDPM's v `(B, *dims)` of a learned-variance model
+            (`Sigma = exp(v log beta + (1 - v) log beta_tilde)`, Nichol & Dhariwal 2021, eq. 15),
+            or None; `output` is then the mean half of the network output only.
     """
 
     kind: str
@@ -31,6 +34,7 @@ class Prediction:
     x: torch.Tensor
     alpha: torch.Tensor
     sigma: torch.Tensor
+    variance_interpolation: torch.Tensor | None = None
 
     @property
     def eps(self) -> torch.Tensor:
@@ -55,6 +59,14 @@ class Prediction:
         return param.v_from_eps_x0(self.eps, self.x0, self.alpha, self.sigma)
 
 
+def split_learned_variance(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split `(B, 2C, ...)` network output into the mean output and v, each `(B, C, ...)`."""
+    if output.ndim < 2 or output.shape[1] % 2:
+        raise ValueError(f"a learned-variance output needs an even size on dim 1, got {tuple(output.shape)}")
+    mean_output, v = output.chunk(2, dim=1)
+    return mean_output, v
+
+
 class ScoreModel:
     """A network wrapped with its parameterization; counts network function evaluations.
 
@@ -65,6 +77,9 @@ class ScoreModel:
         process: the noise process the network was trained for.
         data_shape: shape of one sample (without the batch dim).
         time_input: maps continuous t `(B,)` to the network's time input (default: t).
+        learned_variance: the network output has twice `x`'s size on dim 1: the mean output, then
+            improved DDPM's v (`split_learned_variance`); `predict` exposes the mean half as
+            `output` and v as `variance_interpolation` (used by `ancestral`, ignored elsewhere).
     """
 
     def __init__(
@@ -75,6 +90,7 @@ class ScoreModel:
         process: NoiseProcess,
         data_shape: tuple[int, ...],
         time_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        learned_variance: bool = False,
     ) -> None:
         if kind not in param.KINDS:
             raise ValueError(f"unknown parameterization {kind!r}; expected one of {', '.join(param.KINDS)}")
@@ -83,6 +99,7 @@ class ScoreModel:
         self.process = process
         self.data_shape = tuple(data_shape)
         self.time_input = time_input or (lambda t: t)
+        self.learned_variance = bool(learned_variance)
         self.cond: Any = None
         self.nfe = 0
 
@@ -98,7 +115,10 @@ class ScoreModel:
         sigma = append_dims(self.process.sigma(t).to(x.dtype), x.ndim)
         self.nfe += 1
         output = self.network(x, self.time_input(t), self.cond if cond is None else cond)
-        return Prediction(self.kind, output, x, alpha, sigma)
+        if not self.learned_variance:
+            return Prediction(self.kind, output, x, alpha, sigma)
+        mean_output, v = split_learned_variance(output)
+        return Prediction(self.kind, mean_output, x, alpha, sigma, v)
 
     def score(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         """Shorthand for `predict(x, t, cond).score`."""

@@ -48,6 +48,9 @@ class Ancestral(FixedStepSampler):
     Options:
         variance: "beta_tilde" (posterior variance, DDPM eq. 7; diffusers' "fixed_small") or
             "beta" (sigma_{t|s}^2; DDPM's sigma_t^2 = beta_t, "fixed_large").
+            A model with a learned variance (`ScoreModel(learned_variance=True)`, e.g. a checkpoint
+            trained with the hybrid loss) overrides it with its own `exp(v log beta + (1 - v) log
+            beta_tilde)` (Nichol & Dhariwal 2021, eq. 15).
         denoise_final: after reaching t_min, return the model's x0 prediction (one extra NFE);
             on a discrete process this is DDPM's final x_1 -> x_0 step.
 
@@ -68,16 +71,17 @@ class Ancestral(FixedStepSampler):
 
     def step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
         """Sample the posterior q(x_s | x_t, x0_hat) from times[i] to times[i + 1]."""
-        eps = ctx.predict(x, i).eps
+        prediction = ctx.predict(x, i)
         pair = slice(i, i + 2)
         return ancestral_step(
             x,
-            eps,
+            prediction.eps,
             ctx.alpha[pair],
             ctx.sigma[pair],
             ctx.log_snr[pair],
             variance=self.variance,
             noise=ctx.noise(x),
+            variance_interpolation=prediction.variance_interpolation,
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from diffkit import Registrar, ScoreModel, hookimpl
+from diffkit.conditional import class_log_posterior, conditional_eps
 from diffkit.mixture import (
     component_log_joint,
     mixture_eps,
@@ -160,6 +161,67 @@ class OracleModel(ScoreModel):
         return component_log_joint(self._flat(x0), m.means, m.stds.square(), m.log_weights).argmax(-1)
 
 
+class ExactClassifier:
+    """Exact time-dependent classifier log p_t(y | x) of a class-conditional mixture oracle.
+
+    The classes are the mixture's components, so p_t(y | x) is the responsibility of component
+    y under the perturbed mixture (Dhariwal & Nichol 2021, sec. 4, with the classifier exact).
+    """
+
+    def __init__(self, model: OracleModel) -> None:
+        self.model = model
+        self.num_classes = model.mixture.num_components
+
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor | float, labels: torch.Tensor) -> torch.Tensor:
+        """log p_t(y | x) `(B,)` at `x` `(B, *data_shape)`, labels `(B,)` long; differentiable in x."""
+        alpha, sigma = self.model._schedule(x, batch_times(t, x))
+        m = self.model.mixture
+        log_post = class_log_posterior(self.model._flat(x), m.means, m.stds, m.log_weights, alpha, sigma)
+        return log_post.gather(-1, labels.to(x.device).long().unsqueeze(-1)).squeeze(-1)
+
+
+class ConditionalOracleModel(OracleModel):
+    """Class-conditional mixture oracle: `cond` is a label tensor `(B,)` (a component) or None.
+
+    `predict(x, t, cond=labels)` gives the exact eps of p_t(x | y); label `NULL_LABEL` (-1) or
+    `cond=None` gives the unconditional mixture eps, as the null token of classifier-free
+    guidance (Ho & Salimans 2022). `classifier` is the exact time-dependent classifier.
+    """
+
+    conditional = True
+
+    def __init__(self, mixture: GaussianMixture, process: NoiseProcess, data_shape: tuple[int, ...]) -> None:
+        super().__init__(mixture, process, data_shape)
+        self.network = self._exact_conditional_eps
+        self.num_classes = mixture.num_components
+        self.classifier = ExactClassifier(self)
+
+    def _exact_conditional_eps(self, x: torch.Tensor, time_input: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The network: exact conditional eps `(B, *data_shape)`; `cond` labels `(B,)` or None."""
+        if cond is None:
+            return self._exact_eps(x, time_input, None)
+        labels = torch.as_tensor(cond, device=x.device).long().expand(x.shape[0])
+        alpha, sigma = self._schedule(x, time_input)
+        m = self.mixture
+        eps = conditional_eps(self._flat(x), labels, m.means, m.stds, m.log_weights, alpha, sigma)
+        return eps.reshape(x.shape)
+
+    def sample_class(
+        self,
+        label: int,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Draw `n` exact samples `(n, *data_shape)` of class (component) `label`."""
+        device = generator.device if generator is not None else torch.device("cpu")
+        m = self.mixture
+        noise = torch.randn((n, m.dim), generator=generator, device=device, dtype=m.means.dtype)
+        flat = m.means[label].to(device) + m.stds[label].to(device) * noise
+        return flat.to(dtype).reshape(n, *self.data_shape)
+
+
 def _two_d(mixture: GaussianMixture, name: str, process: NoiseProcess, image: bool) -> OracleModel:
     if image:
         raise ValueError(f"{name} is 2-D data; image=True is only valid for gmm:d64")
@@ -176,6 +238,38 @@ def two_modes(process: NoiseProcess, *, image: bool = False) -> OracleModel:
     return _two_d(two_modes_mixture(), "gmm:two-modes", process, image)
 
 
+def ring8_cond(process: NoiseProcess) -> ConditionalOracleModel:
+    """gmm:ring8 as a class-conditional oracle: cond = component label (B,) or None."""
+    return ConditionalOracleModel(ring8_mixture(), process, (2,))
+
+
+def two_modes_cond(process: NoiseProcess) -> ConditionalOracleModel:
+    """gmm:two-modes as a class-conditional oracle: cond = component label (B,) or None."""
+    return ConditionalOracleModel(two_modes_mixture(), process, (2,))
+
+
+def rgb_mixture() -> GaussianMixture:
+    """gmm:rgb: 4 diagonal components over (3, 4, 4) colour images, equal weights.
+
+    For component k = 0..3, channel c and pixel p = 0..15: mean `0.5 sin(1.3 (k + 1)(c + 1) + 0.4 p)`,
+    std `0.05 + 0.1 frac(0.618034 (48 k + 16 c + p))`.
+    """
+    k = torch.arange(4, dtype=torch.float64).view(4, 1, 1)
+    c = torch.arange(3, dtype=torch.float64).view(1, 3, 1)
+    p = torch.arange(16, dtype=torch.float64).view(1, 1, 16)
+    means = 0.5 * torch.sin(1.3 * (k + 1.0) * (c + 1.0) + 0.4 * p)
+    phase = 0.618034 * (48.0 * k + 16.0 * c + p)
+    stds = 0.05 + 0.1 * (phase - torch.floor(phase))
+    return GaussianMixture(
+        means.reshape(4, 48), stds.reshape(4, 48), torch.full((4,), 0.25, dtype=torch.float64)
+    )
+
+
+def rgb(process: NoiseProcess) -> OracleModel:
+    """Exact 4-component diagonal mixture of (3, 4, 4) colour images (for colorization)."""
+    return OracleModel(rgb_mixture(), process, (3, 4, 4))
+
+
 def d64(process: NoiseProcess, *, image: bool = False) -> OracleModel:
     """Exact 10-component diagonal mixture in 64-D (an 8x8 image with image=true)."""
     return OracleModel(d64_mixture(), process, (1, 8, 8) if image else (64,))
@@ -183,7 +277,10 @@ def d64(process: NoiseProcess, *, image: bool = False) -> OracleModel:
 
 @hookimpl
 def diffkit_register(registrar: Registrar) -> None:
-    """Register the oracle models `gmm:ring8`, `gmm:two-modes` and `gmm:d64`."""
+    """Register the oracle models (fixed ones, class-conditional ones and `gmm:rgb`)."""
     registrar.add_model("gmm:ring8", ring8)
     registrar.add_model("gmm:two-modes", two_modes)
     registrar.add_model("gmm:d64", d64)
+    registrar.add_model("gmm:ring8-cond", ring8_cond)
+    registrar.add_model("gmm:two-modes-cond", two_modes_cond)
+    registrar.add_model("gmm:rgb", rgb)

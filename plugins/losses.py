@@ -95,20 +95,28 @@ class DSMLoss(_Objective):
 
 @dataclass(frozen=True, kw_only=True)
 class SimpleLoss(_Objective):
-    """DDPM's L_simple: MSE to eps (or x0, v) at uniformly drawn t (Ho et al. 2020, eq. 14)."""
+    """DDPM's L_simple: MSE to eps (or x0, v) at uniformly drawn t (Ho et al. 2020, eq. 14).
 
-    target: Literal["eps", "x0", "v"] = "eps"
+    `target="auto"` (the default) regresses the model's own parameterization (eps for a score
+    model), so an eps network gets DDPM's eps-MSE and a v network the v-MSE of Salimans & Ho
+    (2022, eq. 11), whose weight on x0 errors stays bounded as alpha -> 0.
+    """
+
+    target: Literal["auto", "eps", "x0", "v"] = "auto"
 
     def __post_init__(self) -> None:
         """Validate the target."""
-        if self.target not in ("eps", "x0", "v"):
-            raise ValueError(f"target must be eps, x0 or v, got {self.target!r}")
+        if self.target not in ("auto", "eps", "x0", "v"):
+            raise ValueError(f"target must be auto, eps, x0 or v, got {self.target!r}")
 
     def _evaluate(
         self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any
     ) -> torch.Tensor:
         """Per-sample L_simple `(B,)`."""
-        return L.l_simple(model, x0, target=self.target, generator=generator, cond=cond)
+        target = self.target
+        if target == "auto":
+            target = model.kind if model.kind in ("eps", "x0", "v") else "eps"
+        return L.l_simple(model, x0, target=target, generator=generator, cond=cond)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -121,3 +121,29 @@ def test_installed_wheel_loads_every_entry_point_from_the_install(target: Path, 
         assert Path(file) == target / "diffkit" / "plugins" / f"{name}.py"
     assert report["script"] == "diffkit.cli.main"
     assert Path(report["script_file"]) == target / "diffkit" / "cli" / "main.py"
+
+
+def test_wheel_ships_the_metric_classifiers(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for name in ("digits", "mnist"):
+        for suffix in (".safetensors", ".json"):
+            assert f"diffkit/classifier/weights/{name}{suffix}" in names
+
+
+def test_wheel_ships_the_pretrained_models_and_the_install_loads_them(target: Path, wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for name in ("digits", "moons"):
+        for file in ("model.safetensors", "config.json"):
+            assert f"diffkit/pretrained/{name}/{file}" in names
+    script = (
+        "import diffkit; from diffkit.plugins.pretrained import load_pretrained\n"
+        "model = load_pretrained('moons', diffkit.build_registry().build('process', 'vp', {}))\n"
+        "import diffkit.pretrained as p; print(p.__file__, model.kind)"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DIFFKIT_")}
+    env["PYTHONPATH"] = str(target)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=target, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(target / "diffkit" / "pretrained" / "__init__.py"), "v"]

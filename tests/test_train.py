@@ -42,8 +42,10 @@ def _sw2(registry, folder: Path) -> float:
 
 @pytest.mark.slow
 def test_training_on_moons_lowers_loss_and_sliced_w2(registry, tmp_path: Path):
-    untrained = train(_config(1, lr=1e-12), tmp_path / "untrained", registry=registry)
-    result = train(_config(1000), tmp_path / "run", registry=registry)
+    # eps-MSE: its floor is far below its start (the v-MSE of the default kind keeps an irreducible
+    # Var[x0 | x_t] at large t, so it falls by only ~5% here; tests/test_pretrained.py covers v)
+    untrained = train(_config(1, lr=1e-12, kind="eps"), tmp_path / "untrained", registry=registry)
+    result = train(_config(1000, kind="eps"), tmp_path / "run", registry=registry)
     first, last = np.mean(result.losses[:50]), np.mean(result.losses[-100:])
     assert last < 0.75 * first, (first, last)
     trained_sw2, untrained_sw2 = _sw2(registry, tmp_path / "run"), _sw2(registry, tmp_path / "untrained")
@@ -75,7 +77,7 @@ def test_save_load_round_trip_identical_outputs(registry, tmp_path: Path):
         expected = type(result.network)((2,), hidden=32, depth=2)
         expected.load_state_dict(result.ema)
         assert torch.equal(loaded.network(x, t, None), expected.eval()(x, t, None))
-    assert loaded.kind == "eps" and loaded.process_name == "vp" and loaded.data_shape == (2,)
+    assert loaded.kind == "v" and loaded.process_name == "vp" and loaded.data_shape == (2,)
     assert loaded.record["iteration"] == 10 and loaded.record["seed"] == 0
 
 

@@ -31,7 +31,7 @@ import torch
 
 from diffkit.losses.dsm import perturb
 from diffkit.losses.gaussian import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl
-from diffkit.model import Prediction, ScoreModel
+from diffkit.model import Prediction, ScoreModel, split_learned_variance
 from diffkit.shapes import append_dims, sum_except_batch
 
 Variance = Literal["beta", "beta_tilde", "learned"]
@@ -81,14 +81,6 @@ class DiscreteSchedule:
     def coef_xt(self) -> torch.Tensor:
         """ct_i = sqrt(1 - beta_i) (1 - alpha_bar_{i-1}) / (1 - alpha_bar_i)."""
         return (1.0 - self.beta).sqrt() * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
-
-
-def split_learned_variance(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split `(B, 2C, ...)` network output into the mean output and v, each `(B, C, ...)`."""
-    if output.shape[1] % 2:
-        raise ValueError(f"a learned-variance output needs an even size on dim 1, got {tuple(output.shape)}")
-    mean_output, v = output.chunk(2, dim=1)
-    return mean_output, v
 
 
 def _at(table: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -165,6 +157,8 @@ def _evaluate(
     prediction, eps = perturb(model, x0, t, generator, cond)
     if variance != "learned":
         return prediction, eps, None
+    if prediction.variance_interpolation is not None:  # the model already split its output
+        return prediction, eps, prediction.variance_interpolation
     mean_output, v = split_learned_variance(prediction.output)
     return dataclasses.replace(prediction, output=mean_output), eps, v
 

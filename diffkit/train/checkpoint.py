@@ -52,7 +52,13 @@ def build_network(
 
 
 def is_checkpoint_name(name: str) -> bool:
-    """True if a `--model` value names a folder (an existing directory or a path with a separator)."""
+    """True if a `--model` value names a folder (an existing directory or a path with a separator).
+
+    A `prefix:<path>` name (e.g. `diffusers:runs/unet`) belongs to a plugin's model family instead.
+    """
+    prefix, sep, _ = name.partition(":")
+    if sep and len(prefix) > 1 and prefix.isidentifier() and not Path(name).is_dir():
+        return False
     return "/" in name or "\\" in name or Path(name).is_dir()
 
 
@@ -254,4 +260,8 @@ def model_from_checkpoint(
             f"model {path!r} was trained on process {loaded.process_name!r} {trained or ''}; "
             f"sample it with --sde {loaded.process_name} {given}".rstrip()
         )
-    return ScoreModel(loaded.network, kind=loaded.kind, process=process, data_shape=loaded.data_shape)
+    learned = isinstance(loaded.network, _MeanHalf)  # the full output: `ancestral` uses its variance
+    network = loaded.network.network if learned else loaded.network
+    return ScoreModel(
+        network, kind=loaded.kind, process=process, data_shape=loaded.data_shape, learned_variance=learned
+    )

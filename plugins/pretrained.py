@@ -1,0 +1,57 @@
+"""Shipped pretrained models `digits` (8x8 digits, VP, U-Net) and `moons` (2-D toy, VP, MLP).
+
+Both were trained by `diffkit train` (the commands are in the README) and live inside the package
+(`diffkit/pretrained/<name>/`), read through `importlib.resources`. A model only means something
+on the process it was trained on, so any other process is refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+from diffkit import NoiseProcess, Registrar, ScoreModel, UsageError, build_registry, hookimpl
+
+
+def load_pretrained(name: str, process: NoiseProcess) -> ScoreModel:
+    """The shipped model `name` (EMA weights, eval mode) on `process`, its training process."""
+    from diffkit.pretrained import folder
+    from diffkit.train import model_from_checkpoint
+
+    registry = build_registry()
+    with resources.as_file(folder(name)) as path:
+        record = json.loads((path / "config.json").read_text())
+        trained_name = str(record["process"]["name"])
+        trained_options = dict(record["process"].get("options", {}))
+        trained = registry.build("process", trained_name, trained_options)
+        if trained != process:  # the registry prefixes "model '<name>':"
+            flags = "".join(f" --sde-opt {k}={v}" for k, v in trained_options.items())
+            raise UsageError(
+                f"trained on process {trained_name!r} ({trained}), not {process}; "
+                f"sample it with --sde {trained_name}{flags}"
+            )
+        return model_from_checkpoint(
+            str(path),
+            registry,
+            trained_name,
+            process,
+            process_options=trained_options,
+            model_options={},
+        )
+
+
+def digits(process: NoiseProcess) -> ScoreModel:
+    """8x8 digits U-Net (v-prediction) trained on the `vp` process with `diffkit train`."""
+    return load_pretrained("digits", process)
+
+
+def moons(process: NoiseProcess) -> ScoreModel:
+    """2-D two-moons MLP (v-prediction) trained on the `vp` process with `diffkit train`."""
+    return load_pretrained("moons", process)
+
+
+@hookimpl
+def diffkit_register(registrar: Registrar) -> None:
+    """Register the shipped models `digits` and `moons`."""
+    registrar.add_model("digits", digits, summary="shipped 8x8 digits U-Net (VP, v-prediction)")
+    registrar.add_model("moons", moons, summary="shipped two-moons MLP (VP, v-prediction)")
