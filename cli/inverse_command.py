@@ -54,7 +54,12 @@ def _run(task: str, data: Path, mask: Path | None, common: dict, out: Path, as_j
 
 Model = Annotated[str, typer.Option(help="Score model (`diffkit list model`).")]
 Sde = Annotated[str, typer.Option("--sde", help="Noise process.")]
-Solver = Annotated[str, typer.Option(help="Sampler, e.g. ode, dpmpp-3m, em.")]
+Solver = Annotated[
+    str,
+    typer.Option(
+        help="Sampler (default em: replacement is exact in distribution only with stochastic samplers)."
+    ),
+]
 Steps = Annotated[int | None, typer.Option(help="Steps (default: the solver's).")]
 Method = Annotated[str, typer.Option(help="replace (fresh forward-marginal noise) or project.")]
 Opts = Annotated[list[str] | None, _OPT]
@@ -88,23 +93,30 @@ def _common(
     }
 
 
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+BatchSize = Annotated[int | None, typer.Option(help="Samples per batch.")]
+DType = Annotated[str, typer.Option(help="float32 or float64.")]
+Device = Annotated[str, typer.Option(help="cpu or cuda.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+
+
 @handle_errors
 def inpaint(
     data: Annotated[Path, typer.Option(help="Measured data (N, *data_shape), .npy or .npz 'samples'.")],
     mask: Annotated[Path, typer.Option(help="Mask, nonzero = known: data_shape or (N, *data_shape).")],
     model: Model = "gmm:d64",
     sde: Sde = "vp",
-    solver: Solver = "dpmpp-3m",
+    solver: Solver = "em",
     steps: Steps = None,
     method: Method = "replace",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per batch.")] = None,
-    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Seed = 0,
+    batch_size: BatchSize = None,
+    dtype: DType = "float32",
+    device: Device = "cpu",
     solver_opt: Opts = None,
     model_opt: Opts = None,
     out: Annotated[Path, typer.Option(help="Output .npz.")] = Path("inpainted.npz"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Fill in the unknown coordinates of DATA (mask 0) by sampling MODEL with the known ones fixed."""
     common = _common(
@@ -118,17 +130,17 @@ def colorize(
     data: Annotated[Path, typer.Option(help="Gray images (N, H, W) or (N, 1, H, W): channel means.")],
     model: Model = "gmm:rgb",
     sde: Sde = "vp",
-    solver: Solver = "dpmpp-3m",
+    solver: Solver = "em",
     steps: Steps = None,
     method: Method = "replace",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per batch.")] = None,
-    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Seed = 0,
+    batch_size: BatchSize = None,
+    dtype: DType = "float32",
+    device: Device = "cpu",
     solver_opt: Opts = None,
     model_opt: Opts = None,
     out: Annotated[Path, typer.Option(help="Output .npz.")] = Path("colorized.npz"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Colour gray images with a 3-channel MODEL: the channel mean of every output equals the input."""
     common = _common(
