@@ -131,6 +131,8 @@ class ExactData(Protocol):
 
     def sample_data(
         self, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """`n` exact samples of the data distribution, `(n, *data_shape)`."""
 
-    def data_log_prob(self, x0: torch.Tensor) -> torch.Tensor: ...
+    def data_log_prob(self, x0: torch.Tensor) -> torch.Tensor:
+        """Exact log-density `(B,)` of the data distribution, in nats."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,13 @@ def _figure_images(images: np.ndarray):  # noqa: ANN202
     return fig, axes[0, 0]
 
 
-def save_plot(path: Path, samples: np.ndarray, *, title: str = "", log_prob=None) -> None:  # noqa: ANN001
+def save_plot(
+    path: Path,
+    samples: np.ndarray,
+    *,
+    title: str = "",
+    log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> None:
     """Write a PNG of `samples` `(N, *shape)`: scatter for 2-D, image grid for `(C,H,W)` or square D.
 
     Args:

@@ -34,13 +34,27 @@ class NoiseProcess(Protocol):
     t_max: float
     features: frozenset[str]
 
-    def alpha(self, t: torch.Tensor | float) -> torch.Tensor: ...
-    def sigma(self, t: torch.Tensor | float) -> torch.Tensor: ...
-    def log_snr(self, t: torch.Tensor | float) -> torch.Tensor: ...
-    def t_from_log_snr(self, log_snr: torch.Tensor | float) -> torch.Tensor: ...
-    def drift(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor: ...
-    def diffusion(self, t: torch.Tensor | float) -> torch.Tensor: ...
-    def marginal(self, x0: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def alpha(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Signal scale alpha(t), shaped like `t`."""
+
+    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Noise scale sigma(t), shaped like `t`."""
+
+    def log_snr(self, t: torch.Tensor | float) -> torch.Tensor:
+        """lambda(t) = 2 log(alpha / sigma), strictly decreasing in t."""
+
+    def t_from_log_snr(self, log_snr: torch.Tensor | float) -> torch.Tensor:
+        """Inverse of `log_snr`, clamped to [t_min, t_max]."""
+
+    def drift(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Forward drift f(t) x for `x` `(B, *dims)`."""
+
+    def diffusion(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Forward diffusion coefficient g(t), shaped like `t`."""
+
+    def marginal(self, x0: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean `(B, *dims)` and std `(B, 1, ..., 1)` of p(x_t | x0)."""
+
     def prior_sample(
         self,
         shape: tuple[int, ...],
@@ -48,8 +62,11 @@ class NoiseProcess(Protocol):
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor: ...
-    def prior_logp(self, z: torch.Tensor) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """Samples `shape` = `(B, *dims)` of the prior at t_max."""
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """Prior log-density `(B,)` in nats."""
 
 
 class LinearGaussianProcess(abc.ABC):

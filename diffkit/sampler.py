@@ -106,7 +106,8 @@ class Sampler(Protocol):
     """
 
     @property
-    def capabilities(self) -> Capabilities: ...
+    def capabilities(self) -> Capabilities:
+        """What the sampler declares (order, NFE per step, requirements, defaults)."""
 
     def __call__(
         self,

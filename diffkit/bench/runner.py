@@ -67,13 +67,17 @@ class Runner(Protocol):
 
     implementation: str
 
-    def supports(self, solver: SolverPlan) -> bool: ...
+    def supports(self, solver: SolverPlan) -> bool:
+        """Whether this implementation has the solver."""
 
-    def plan(self, solver: SolverPlan) -> SolverPlan: ...
+    def plan(self, solver: SolverPlan) -> SolverPlan:
+        """The solver's plan as this implementation runs it (NFE per step, extra NFE)."""
 
-    def options(self, solver: str) -> dict[str, Any]: ...
+    def options(self, solver: str) -> dict[str, Any]:
+        """The options recorded for `solver` in this implementation's rows."""
 
-    def run(self, spec: RunSpec, noise: torch.Tensor) -> RunOutput: ...
+    def run(self, spec: RunSpec, noise: torch.Tensor) -> RunOutput:
+        """Sample one run from `noise` and time it."""
 
 
 def synchronize(device: torch.device) -> None:
