@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet diffusers
+	$(BIN)/python -m pip install --quiet diffusers==0.42.1
 	$(BIN)/python -m pip install --quiet --no-deps k-diffusion==0.1.1.post1
 	touch $(STAMP)
 
