@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from diffkit.errors import SamplingError, UsageError
+from diffkit.errors import SamplingError, UnknownComponentError, UsageError
 from diffkit.grid import check_grid
 from diffkit.model import ScoreModel
 from diffkit.process import NoiseProcess
@@ -107,7 +107,10 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     process = registry.build("process", config.process, config.process_options)
     sampler = registry.build("sampler", config.solver, config.solver_options)
     check_composition(config.solver, sampler, config.process, process)
-    model = _wrap_model(config, registry, _build_model(config, registry, process))
+    model = build_model(
+        registry, config.model, config.model_options, config.process, process, config.process_options
+    )
+    model = _wrap_model(config, registry, model)
     capabilities = sampler.capabilities
     grid_name = config.grid or capabilities.grid_for(process)
     steps = config.steps or capabilities.default_steps
@@ -119,20 +122,32 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     return Composition(process, model, sampler, grid, grid_name, steps, device, DTYPES[config.dtype])
 
 
-def _build_model(config: SampleConfig, registry: Registry, process: NoiseProcess) -> ScoreModel:
-    """A registered model by name, or a `diffkit train` checkpoint folder (a path)."""
+def build_model(
+    registry: Registry,
+    name: str,
+    options: Mapping[str, Any],
+    process_name: str,
+    process: NoiseProcess,
+    process_options: Mapping[str, Any],
+) -> ScoreModel:
+    """The model `name` on `process`: a registered (or hook-resolved) model first, else a
+    `diffkit train` checkpoint folder at that path, so registered names are never shadowed."""
     from diffkit.train.checkpoint import is_checkpoint_name, model_from_checkpoint
 
-    if not is_checkpoint_name(config.model):
-        return registry.build("model", config.model, config.model_options, process)
-    return model_from_checkpoint(
-        config.model,
-        registry,
-        config.process,
-        process,
-        process_options=dict(config.process_options),
-        model_options=dict(config.model_options),
-    )
+    try:
+        registry.get("model", name)
+    except UnknownComponentError:
+        if not is_checkpoint_name(name):
+            raise
+        return model_from_checkpoint(
+            name,
+            registry,
+            process_name,
+            process,
+            process_options=dict(process_options),
+            model_options=dict(options),
+        )
+    return registry.build("model", name, options, process)
 
 
 def _wrap_model(config: SampleConfig, registry: Registry, model: ScoreModel) -> ScoreModel:

@@ -58,18 +58,11 @@ def build_model(
     model_options: Mapping[str, Any] | None = None,
 ) -> tuple[NoiseProcess, ScoreModel]:
     """The process and model named (a registered model or a `diffkit train` checkpoint folder)."""
-    from diffkit.train.checkpoint import is_checkpoint_name, model_from_checkpoint
+    from diffkit.api import build_model
 
     process = registry.build("process", process_name, dict(process_options or {}))
-    if not is_checkpoint_name(model_name):
-        return process, registry.build("model", model_name, dict(model_options or {}), process)
-    model = model_from_checkpoint(
-        model_name,
-        registry,
-        process_name,
-        process,
-        process_options=dict(process_options or {}),
-        model_options=dict(model_options or {}),
+    model = build_model(
+        registry, model_name, dict(model_options or {}), process_name, process, dict(process_options or {})
     )
     return process, model
 

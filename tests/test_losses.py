@@ -191,7 +191,7 @@ def test_hybrid_trains_variance_only_through_the_bound(registry):
     def network(x: torch.Tensor, t: torch.Tensor, cond: object) -> torch.Tensor:
         return torch.cat([scale * oracle.network(x, t, cond), v.expand_as(x)], dim=1)
 
-    model = ScoreModel(network, kind="eps", process=process, data_shape=(2,))
+    model = ScoreModel(network, kind="eps", process=process, data_shape=(2,), learned_variance=True)
     x0 = oracle.sample_data(512, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     loss = L.hybrid(model, x0, decoder="gaussian", generator=torch.Generator().manual_seed(1)).mean()
     loss.backward()

@@ -8,7 +8,8 @@
 
 from diffkit.losses.dsm import l_simple, ncsn_dsm, uniform_times, weighted_dsm
 from diffkit.losses.gaussian import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl
-from diffkit.losses.vlb import DiscreteSchedule, hybrid, split_learned_variance, vlb, vlb_terms
+from diffkit.losses.vlb import DiscreteSchedule, hybrid, vlb, vlb_terms
+from diffkit.model import split_learned_variance
 
 __all__ = [
     "DiscreteSchedule",

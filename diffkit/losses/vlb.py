@@ -31,7 +31,7 @@ import torch
 
 from diffkit.losses.dsm import perturb
 from diffkit.losses.gaussian import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl
-from diffkit.model import Prediction, ScoreModel, split_learned_variance
+from diffkit.model import Prediction, ScoreModel
 from diffkit.shapes import append_dims, sum_except_batch
 
 Variance = Literal["beta", "beta_tilde", "learned"]
@@ -152,15 +152,34 @@ def prior_term(schedule: DiscreteSchedule, x0: torch.Tensor) -> torch.Tensor:
 def _evaluate(
     model: ScoreModel, x0: torch.Tensor, index: torch.Tensor, variance: Variance, generator: Any, cond: Any
 ) -> tuple[Prediction, torch.Tensor, Any]:
-    """Noise x0 to knots `index`, run the model; returns (mean prediction, eps, v or None)."""
+    """Noise x0 to knots `index`, run the model; returns (mean prediction, eps, v or None).
+
+    A learned variance comes from the model itself (`ScoreModel(learned_variance=True)` splits
+    the network output), so the losses never re-split it.
+    """
     t = index.to(torch.float64) / model.process.num_steps
     prediction, eps = perturb(model, x0, t, generator, cond)
     if variance != "learned":
         return prediction, eps, None
-    if prediction.variance_interpolation is not None:  # the model already split its output
-        return prediction, eps, prediction.variance_interpolation
-    mean_output, v = split_learned_variance(prediction.output)
-    return dataclasses.replace(prediction, output=mean_output), eps, v
+    if prediction.variance_interpolation is None:
+        raise ValueError("variance='learned' needs a model built with ScoreModel(learned_variance=True)")
+    return prediction, eps, prediction.variance_interpolation
+
+
+def _knot_term(
+    model: ScoreModel,
+    x0: torch.Tensor,
+    schedule: DiscreteSchedule,
+    index: torch.Tensor,
+    variance: Variance,
+    decoder: Decoder,
+    generator: Any,
+    cond: Any,
+) -> torch.Tensor:
+    """L_{i-1} `(B,)` at knots `index`: one model call on a fresh x_i ~ q(x_i | x0)."""
+    prediction, _, v = _evaluate(model, x0, index, variance, generator, cond)
+    log_var = model_log_variance(schedule, index, x0, variance, v)
+    return step_term(schedule, index, x0, prediction.x, prediction.x0, log_var, decoder=decoder)
 
 
 def vlb_terms(
@@ -181,9 +200,7 @@ def vlb_terms(
     terms = []
     for i in range(1, len(schedule.alpha_bar) + 1):
         index = torch.full((x0.shape[0],), i, dtype=torch.long, device=x0.device)
-        prediction, _, v = _evaluate(model, x0, index, variance, generator, cond)
-        log_var = model_log_variance(schedule, index, x0, variance, v)
-        terms.append(step_term(schedule, index, x0, prediction.x, prediction.x0, log_var, decoder=decoder))
+        terms.append(_knot_term(model, x0, schedule, index, variance, decoder, generator, cond))
     terms.append(prior_term(schedule, x0))
     return torch.stack(terms, dim=1)
 
@@ -209,9 +226,7 @@ def vlb(
     """
     schedule = DiscreteSchedule.of(model.process)
     index = _random_knots(schedule, x0, generator)
-    prediction, _, v = _evaluate(model, x0, index, variance, generator, cond)
-    log_var = model_log_variance(schedule, index, x0, variance, v)
-    term = step_term(schedule, index, x0, prediction.x, prediction.x0, log_var, decoder=decoder)
+    term = _knot_term(model, x0, schedule, index, variance, decoder, generator, cond)
     return len(schedule.alpha_bar) * term + prior_term(schedule, x0)
 
 

@@ -26,7 +26,6 @@ from torch import nn
 
 from diffkit.errors import UsageError
 from diffkit.io import write_with
-from diffkit.losses import split_learned_variance
 from diffkit.model import ScoreModel
 from diffkit.options import parse_options
 from diffkit.process import NoiseProcess
@@ -54,11 +53,9 @@ def build_network(
 def is_checkpoint_name(name: str) -> bool:
     """True if a `--model` value names a folder (an existing directory or a path with a separator).
 
-    A `prefix:<path>` name (e.g. `diffusers:runs/unet`) belongs to a plugin's model family instead.
+    Callers ask the registry first (`diffkit.api.build_model`), so registered names and plugin
+    families such as `diffusers:<path>` never reach this test.
     """
-    prefix, sep, _ = name.partition(":")
-    if sep and len(prefix) > 1 and prefix.isidentifier() and not Path(name).is_dir():
-        return False
     return "/" in name or "\\" in name or Path(name).is_dir()
 
 
@@ -173,18 +170,6 @@ def read_training_state(folder: Path) -> TrainingState:
     return TrainingState(record, raw, ema, state, losses)
 
 
-class _MeanHalf(nn.Module):
-    """A learned-variance network seen through its mean half (the sampler's parameterization)."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x: torch.Tensor, time_input: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """The first half (dim 1) of the network output, with `x`'s shape."""
-        return split_learned_variance(self.network(x, time_input, cond))[0]
-
-
 @dataclass
 class LoadedCheckpoint:
     """A network with weights loaded, and how to wrap it: kind, process recipe, data shape."""
@@ -195,6 +180,7 @@ class LoadedCheckpoint:
     process_name: str
     process_options: dict[str, Any]
     data_shape: tuple[int, ...]
+    learned_variance: bool = False  # the network also outputs improved DDPM's variance channels
 
 
 def load_checkpoint(path: str | Path, registry: Registry, *, weights: str = "ema") -> LoadedCheckpoint:
@@ -219,8 +205,6 @@ def load_checkpoint(path: str | Path, registry: Registry, *, weights: str = "ema
         first = str(error).strip().splitlines()[0]
         raise UsageError(f"weights in {str(folder / MODEL)!r} do not fit network {name!r}: {first}") from None
     network.eval().requires_grad_(False)  # inference only: samplers need no parameter gradients
-    if record["learn_variance"]:
-        network = _MeanHalf(network).eval()
     return LoadedCheckpoint(
         record,
         network,
@@ -228,6 +212,7 @@ def load_checkpoint(path: str | Path, registry: Registry, *, weights: str = "ema
         str(process_spec.get("name")),
         dict(process_spec.get("options", {})),
         data_shape,
+        bool(record["learn_variance"]),
     )
 
 
@@ -260,8 +245,10 @@ def model_from_checkpoint(
             f"model {path!r} was trained on process {loaded.process_name!r} {trained or ''}; "
             f"sample it with --sde {loaded.process_name} {given}".rstrip()
         )
-    learned = isinstance(loaded.network, _MeanHalf)  # the full output: `ancestral` uses its variance
-    network = loaded.network.network if learned else loaded.network
-    return ScoreModel(
-        network, kind=loaded.kind, process=process, data_shape=loaded.data_shape, learned_variance=learned
+    return ScoreModel(  # a learned variance is split off by the model; `ancestral` uses it
+        loaded.network,
+        kind=loaded.kind,
+        process=process,
+        data_shape=loaded.data_shape,
+        learned_variance=loaded.learned_variance,
     )

@@ -89,7 +89,13 @@ def _setup(config: TrainConfig, registry: Registry, device: torch.device) -> _Se
             f"loss {config.loss!r} {'needs' if needs_variance else 'does not use'} a learned variance: "
             f"pass --net-opt learn_variance={str(needs_variance).lower()}"
         )
-    model = ScoreModel(network, kind=config.kind, process=process, data_shape=dataset.data_shape)
+    model = ScoreModel(
+        network,
+        kind=config.kind,
+        process=process,
+        data_shape=dataset.data_shape,
+        learned_variance=learn_variance,
+    )
     x0 = dataset.data[:2].to(device)
     cond = None if null_label is None else dataset.labels[:2].to(device)
     try:
