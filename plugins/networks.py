@@ -12,26 +12,6 @@ from diffkit import Registrar, hookimpl
 from diffkit.nn import MLPScoreNet, UNet
 
 
-def mlp(
-    data_shape: tuple[int, ...],
-    *,
-    hidden: int = 128,
-    depth: int = 3,
-    time_dim: int = 64,
-    num_classes: int = 0,
-    learn_variance: bool = False,
-) -> nn.Module:
-    """Residual MLP with a sinusoidal time embedding, for vector data (any shape, flattened)."""
-    return MLPScoreNet(
-        tuple(data_shape),
-        hidden=hidden,
-        depth=depth,
-        time_dim=time_dim,
-        num_classes=num_classes,
-        learn_variance=learn_variance,
-    )
-
-
 def _mults(text: str) -> tuple[int, ...]:
     """Parse channel multipliers written as `1,2,2`."""
     try:
@@ -74,5 +54,7 @@ def unet(
 @hookimpl
 def diffkit_register(registrar: Registrar) -> None:
     """Register the `mlp` and `unet` networks."""
-    registrar.add_network("mlp", mlp)
+    registrar.add_network(  # the class itself: its keyword-only parameters are the options
+        "mlp", MLPScoreNet, summary="Residual MLP with a sinusoidal time embedding, for vector data."
+    )
     registrar.add_network("unet", unet)
