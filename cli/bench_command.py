@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from diffkit import validate
+from diffkit.api import DTYPES
 from diffkit.bench.compare import head_to_head_table, implementations, peer_markdown
 from diffkit.bench.pareto import save_pareto
 from diffkit.bench.report import build_summary, quality_table, render_markdown
@@ -20,7 +22,7 @@ from diffkit.bench.spec import DEFAULT_BUDGETS, DEFAULT_NUM_SAMPLES, METRICS, Be
 from diffkit.bench.sweep import SweepResult, run_sweep
 from diffkit.cli.main import fail, handle_errors, load_registry
 from diffkit.errors import UsageError
-from diffkit.io import write_with
+from diffkit.io import check_folder, write_with
 from diffkit.options import split_key_values
 from diffkit.peers import parse_peers
 from diffkit.peers.runners import peer_runners as build_peer_runners
@@ -38,6 +40,8 @@ def parse_ints(text: str, flag: str, *, minimum: int) -> tuple[int, ...]:
         raise UsageError(f"{flag} expects comma-separated integers, got {text!r}") from None
     if not values or min(values) < minimum:
         raise UsageError(f"{flag} expects comma-separated integers >= {minimum}, got {text!r}")
+    if max(values) > validate.SEED_MAX:
+        raise UsageError(f"{flag} expects integers up to 2**63-1, got {max(values)}")
     if len(set(values)) != len(values):
         raise UsageError(f"{flag} lists a value twice: {text!r}")
     return values
@@ -125,6 +129,7 @@ def bench(
         per_solver_options=per_solver,
         metric=metric,
     )
+    _check_sizes(config, out)
     registry = load_registry()
     peer_runners: list[Runner] = list(build_peer_runners(peer_names, config, registry))
     previous = torch.get_num_threads()
@@ -145,6 +150,20 @@ def bench(
         typer.echo(json.dumps(jsonable(summary)))
     else:
         _print_table(summary)
+
+
+def _check_sizes(config: BenchConfig, out: Path) -> None:
+    """Device, dtype, sizes against memory and the output folder, before any run (UsageError)."""
+    validate.device(config.device)
+    if config.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {config.dtype!r}; expected one of {', '.join(DTYPES)}")
+    largest = max(config.budgets)
+    validate.memory(f"--nfe {largest}", 64.0 * (largest + 1))  # its grid and per-step records
+    # samples, noise and the reference of one run (float64, >= 1 dimension each)
+    validate.memory(f"--num-samples {config.num_samples}", 64.0 * config.num_samples)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; bench writes a folder")
+    check_folder(out)
 
 
 def _run_with_progress(

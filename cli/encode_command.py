@@ -16,12 +16,16 @@ import numpy as np
 import torch
 import typer
 
-from diffkit.cli.main import handle_errors, load_registry
+from diffkit import validate
+from diffkit.cli.main import given, handle_errors, load_registry
 from diffkit.encoding import decode, encode
 from diffkit.errors import UsageError
-from diffkit.io import check_writable, read_array, write_samples, write_with
+from diffkit.io import check_writable, make_parent, read_real, write_samples, write_with
 from diffkit.likelihood_run import build_model, check_data
 from diffkit.options import split_key_values
+from diffkit.process import NoiseProcess
+
+LATENT_KEYS = ("model", "sde", "sde_options", "model_options", "method", "rtol", "atol")
 
 
 def _opts(target: str) -> typer.Option:
@@ -51,21 +55,27 @@ def encode_command(
     out: Annotated[Path, typer.Option(help="Output .npz with 'latents'.")] = Path("latents.npz"),
 ) -> None:
     """Encode data into prior latents (t_min -> t_max) with the probability-flow ODE."""
-    out = check_writable(out, ".npz")
-    points = torch.from_numpy(np.asarray(read_array(data), dtype=np.float64))
+    _method(method)
+    if method == "ddim" and given("rtol", "atol"):
+        raise UsageError("--rtol and --atol apply to --method ode only; DDIM inversion has fixed steps")
+    validate.positive_finite("--rtol", rtol)
+    validate.positive_finite("--atol", atol)
+    points = torch.from_numpy(read_real(data, "--data"))
     config: dict[str, Any] = {
         "model": model,
         "sde": sde,
         "sde_options": split_key_values(sde_opt or [], "--sde-opt"),
         "model_options": split_key_values(model_opt or [], "--model-opt"),
-        "method": _method(method),
+        "method": method,
         "rtol": rtol,
         "atol": atol,
     }
     process, score_model = build_model(
         load_registry(), sde, model, config["sde_options"], config["model_options"]
     )
+    _check_method(method, process, sde)
     check_data(points, score_model, model)
+    out = check_writable(out, ".npz")
     start = time.perf_counter()
     coded = encode(score_model, process, points, method=method, rtol=rtol, atol=atol)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
@@ -79,22 +89,61 @@ def encode_command(
             config=np.asarray(json.dumps(config, sort_keys=True)),
         )
 
-    write_with(out, writer)
+    write_with(make_parent(out), writer)
     typer.echo(json.dumps({"out": str(out), "num_samples": len(points), "nfe": coded.nfe}))
 
 
+def _check_method(method: str, process: NoiseProcess, sde: str) -> None:
+    """UsageError unless `method` can run on `process` (DDIM inversion needs a discrete one)."""
+    if method == "ddim" and "discrete" not in process.features:
+        raise UsageError(f"--method ddim needs a discrete process (ddpm, ddpm-cosine), not {sde!r}")
+
+
 def _read_latents(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The latents `(N, *data_shape)` and the checked config of a `diffkit encode` file."""
+    name = str(path)
     try:
-        with np.load(path) as archive:
-            if "latents" not in archive or "config" not in archive:
-                raise UsageError(f"{str(path)!r} is not a `diffkit encode` file (no 'latents' and 'config')")
-            return torch.from_numpy(np.asarray(archive["latents"], dtype=np.float64)), json.loads(
-                str(archive["config"])
-            )
+        archive = np.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):
+            raise UsageError(f"{name!r} is a single array, not a `diffkit encode` .npz file")
+        with archive:
+            if not {"latents", "config"} <= set(archive.files):
+                raise UsageError(f"{name!r} is not a `diffkit encode` .npz file (no 'latents' and 'config')")
+            latents, text = archive["latents"], str(archive["config"])
     except FileNotFoundError:
-        raise UsageError(f"file not found: {str(path)!r}") from None
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot read {str(path)!r}: {error}") from None
+        raise UsageError(f"file not found: {name!r}") from None
+    except UsageError:
+        raise
+    except Exception as error:  # numpy and zipfile raise many types for a damaged file
+        raise UsageError(f"cannot read {name!r}: corrupt or not a numpy file ({error})") from None
+    try:
+        config = json.loads(text)
+    except ValueError:
+        raise UsageError(f"{name!r}: its config is not valid JSON") from None
+    return torch.from_numpy(validate.real_array(latents, f"--latents {name!r}")), _check_config(config, name)
+
+
+def _check_config(config: Any, name: str) -> dict[str, Any]:
+    """The config of a latents file if every field `decode` reads has the right type and range."""
+    if not isinstance(config, dict):
+        raise UsageError(f"{name!r}: its config must be a JSON object, got {type(config).__name__}")
+    missing = [key for key in LATENT_KEYS if key not in config]
+    if missing:
+        raise UsageError(f"{name!r}: its config lacks {', '.join(missing)}")
+    for key in ("model", "sde"):
+        if not isinstance(config[key], str):
+            raise UsageError(f"{name!r}: config {key!r} must be a string, got {config[key]!r}")
+    for key in ("sde_options", "model_options"):
+        if not isinstance(config[key], dict):
+            raise UsageError(f"{name!r}: config {key!r} must be an object, got {config[key]!r}")
+    if config["method"] not in ("ode", "ddim"):
+        raise UsageError(f"{name!r}: config 'method' must be ode or ddim, got {config['method']!r}")
+    for key in ("rtol", "atol"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{name!r}: config {key!r} must be a number, got {value!r}")
+        validate.positive_finite(f"{name!r}: config {key!r}", float(value))
+    return config
 
 
 @handle_errors
@@ -105,14 +154,16 @@ def decode_command(
     ),
 ) -> None:
     """Decode prior latents back to data (t_max -> t_min) with the settings they were encoded with."""
-    out = check_writable(out, ".npz")
     z, config = _read_latents(latents)
     process, model = build_model(
         load_registry(), config["sde"], config["model"], config["sde_options"], config["model_options"]
     )
+    _check_method(config["method"], process, config["sde"])
     check_data(z, model, config["model"])
+    out = check_writable(out, ".npz")
     start = time.perf_counter()
     coded = decode(model, process, z, method=config["method"], rtol=config["rtol"], atol=config["atol"])
     seconds = time.perf_counter() - start
-    write_samples(out, coded.x.cpu().numpy(), coded.nfe, seconds, config | {"decoded_from": str(latents)})
+    record = config | {"decoded_from": str(latents)}
+    write_samples(make_parent(out), coded.x.cpu().numpy(), coded.nfe, seconds, record)
     typer.echo(json.dumps({"out": str(out), "num_samples": len(z), "nfe": coded.nfe}))

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from diffkit import validate
 from diffkit.classifier import shipped_classifiers
 from diffkit.cli.main import handle_errors, load_registry
 from diffkit.errors import UsageError
@@ -31,11 +32,12 @@ def evaluate(
     """Score SAMPLES against dataset DATA: FID, KID and label TV on the shipped classifier's features."""
     if data not in shipped_classifiers():
         raise UsageError(f"no shipped classifier for dataset {data!r}; choose one of {shipped_classifiers()}")
+    validate.seed("--seed", seed)
     array = read_array(samples)
     if not np.issubdtype(array.dtype, np.floating):
         raise UsageError(f"{str(samples)!r}: samples must be floating point, got {array.dtype}")
     dataset = load_registry().build("dataset", data, {})
-    report = evaluate_images(torch.from_numpy(np.asarray(array, dtype=np.float32)), dataset, seed=seed)
+    report = evaluate_images(torch.from_numpy(array), dataset, seed=seed)  # read in batches, as float32
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:

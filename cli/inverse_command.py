@@ -6,30 +6,44 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import torch
 import typer
 
 from diffkit.api import SampleConfig, SampleRun
 from diffkit.api import sample as run_sample
 from diffkit.cli.main import handle_errors, load_registry
-from diffkit.io import check_writable, read_array, write_samples
+from diffkit.colour import colorize_input, colour_scores
+from diffkit.io import check_writable, make_parent, read_real, write_samples
 from diffkit.options import split_key_values
 from diffkit.provenance import machine, versions
 
 _OPT = typer.Option(metavar="KEY=VALUE", help="Option (repeatable).")
 
 
-def _tensor(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(read_array(path), dtype=np.float64))
+def _tensor(path: Path, flag: str) -> torch.Tensor:
+    return torch.from_numpy(read_real(path, flag))
 
 
-def _run(task: str, data: Path, mask: Path | None, common: dict, out: Path, as_json: bool) -> None:
-    """Compose with the `task` wrapper, sample, write `out` atomically and print a summary."""
+def _run(
+    task: str,
+    data: Path,
+    mask: Path | None,
+    common: dict,
+    out: Path,
+    as_json: bool,
+    measured: torch.Tensor | None = None,
+    truth: torch.Tensor | None = None,
+) -> None:
+    """Compose with the `task` wrapper, sample, write `out` atomically and print a summary.
+
+    `measured` replaces reading `data`; with `truth` (colour images) the summary scores the colours.
+    """
     config = SampleConfig(inverse=task, **common)
+    measured = _tensor(data, "--data") if measured is None else measured
+    known = None if mask is None else _tensor(mask, "--mask")
     out = check_writable(out, ".npz")
-    measured, known = _tensor(data), None if mask is None else _tensor(mask)
     run: SampleRun = run_sample(config, registry=load_registry(), data=measured, mask=known)
+    make_parent(out)
     samples = run.samples.detach().cpu()
     write_samples(
         out,
@@ -49,6 +63,8 @@ def _run(task: str, data: Path, mask: Path | None, common: dict, out: Path, as_j
         "seconds": round(run.seconds, 4),
         "out": str(out),
     }
+    if truth is not None:
+        summary |= {key: round(value, 4) for key, value in colour_scores(samples, truth).items()}
     typer.echo(json.dumps(summary) if as_json else " ".join(f"{k}={v}" for k, v in summary.items()))
 
 
@@ -127,7 +143,13 @@ def inpaint(
 
 @handle_errors
 def colorize(
-    data: Annotated[Path, typer.Option(help="Gray images (N, H, W) or (N, 1, H, W): channel means.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Gray images (N, H, W) or (N, 1, H, W) (channel means), .npy or .npz 'samples'; "
+            "colour images (N, 3, H, W) or a dataset (e.g. photos) are made gray and scored."
+        ),
+    ],
     model: Model = "gmm:rgb",
     sde: Sde = "vp",
     solver: Solver = "em",
@@ -139,6 +161,7 @@ def colorize(
     device: Device = "cpu",
     solver_opt: Opts = None,
     model_opt: Opts = None,
+    data_opt: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="Dataset option.")] = None,
     out: Annotated[Path, typer.Option(help="Output .npz.")] = Path("colorized.npz"),
     as_json: JsonFlag = False,
 ) -> None:
@@ -146,4 +169,6 @@ def colorize(
     common = _common(
         model, sde, solver, steps, seed, batch_size, dtype, device, method, solver_opt, model_opt
     )
-    _run("colorize", data, None, common, out, as_json)
+    options = split_key_values(data_opt or [], "--data-opt")
+    gray, truth = colorize_input(load_registry(), data, options)
+    _run("colorize", Path(data), None, common, out, as_json, measured=gray, truth=truth)

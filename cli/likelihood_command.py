@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffkit.cli.main import handle_errors, load_registry
-from diffkit.io import read_array
-from diffkit.likelihood_run import LikelihoodConfig, evaluate_likelihood
+from diffkit import validate
+from diffkit.cli.main import given, handle_errors, load_registry
+from diffkit.errors import UsageError
+from diffkit.likelihood_run import LikelihoodConfig, evaluate_likelihood, load_points, resolved_levels
 from diffkit.options import split_key_values
 
 
@@ -29,10 +27,11 @@ def likelihood(
         str, typer.Option(help="Score model (`diffkit list model`) or checkpoint.")
     ] = "gmm:ring8",
     data: Annotated[
-        str, typer.Option(help="'exact' (oracle samples) or a .npy / .npz file with 'samples'.")
+        str,
+        typer.Option(help="'exact' (oracle samples), a dataset name, or a .npy / .npz file with 'samples'."),
     ] = "exact",
     num_samples: Annotated[int, typer.Option(help="Exact samples drawn with --data exact.")] = 2000,
-    method: Annotated[str, typer.Option(help="ode (exact log p) or vlb (DDPM bound, discrete).")] = "ode",
+    method: Annotated[str, typer.Option(help="ode (exact log p) or vlb (DDPM bound, VP-family).")] = "ode",
     divergence: Annotated[str, typer.Option(help="exact, hutchinson or auto (exact up to D=64).")] = "auto",
     probes: Annotated[int, typer.Option(help="Hutchinson probes per sample.")] = 1,
     probe: Annotated[
@@ -44,6 +43,13 @@ def likelihood(
     dequantize: Annotated[
         bool, typer.Option(help="Data are 8-bit integers 0..255: dequantize into [-1, 1].")
     ] = False,
+    levels: Annotated[
+        int | None,
+        typer.Option(help="Discrete data: integers 0..K-1 (a dataset: its K-level [-1, 1] grid)."),
+    ] = None,
+    vlb_steps: Annotated[
+        int | None, typer.Option(help="Steps N of the DDPM chain of a vp/subvp model (default 1000).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Samples per batch (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of exact samples, probes and dequantization.")] = 0,
     sde_opt: Annotated[list[str] | None, _opts("process")] = None,
@@ -65,13 +71,15 @@ def likelihood(
         batch_size=batch_size,
         seed=seed,
         dequantize=dequantize,
+        levels=levels,
+        vlb_steps=vlb_steps,
         process_options=split_key_values(sde_opt or [], "--sde-opt"),
         model_options=split_key_values(model_opt or [], "--model-opt"),
     )
-    points = None
-    if data != "exact":
-        points = torch.from_numpy(np.asarray(read_array(Path(data)), dtype=np.float64))
-    report = evaluate_likelihood(config, registry=load_registry(), data=points)
+    _check_flags(config, data)
+    registry = load_registry()
+    points = load_points(data, registry, resolved_levels(config))
+    report = evaluate_likelihood(config, registry=registry, data=points)
     if as_json:
         typer.echo(json.dumps(report))
         return
@@ -82,3 +90,29 @@ def likelihood(
         if value is not None:
             table.add_row(key.replace("_", " "), f"{value:.6g}" if isinstance(value, float) else str(value))
     Console().print(table)
+
+
+def _check_flags(config: LikelihoodConfig, data: str) -> None:
+    """Numbers in range and no flag that the chosen method ignores (UsageError, before any work)."""
+    validate.positive_int("--num-samples", config.num_samples)
+    validate.positive_int("--batch-size", config.batch_size)
+    validate.positive_int("--probes", config.num_probes)
+    validate.seed("--seed", config.seed)
+    validate.positive_finite("--rtol", config.rtol)
+    validate.positive_finite("--atol", config.atol)
+    if data == "exact":  # the exact samples, float64, and the divergence's working copies (D >= 1)
+        validate.memory(f"--num-samples {config.num_samples}", 64.0 * config.num_samples)
+    if config.vlb_steps is not None:  # the chain's schedule tensors, float64
+        validate.memory(f"--vlb-steps {config.vlb_steps}", 64.0 * config.vlb_steps)
+    ignored = {
+        "num_samples": data != "exact" and "--num-samples applies to --data exact only",
+        "variance": config.method != "vlb" and "--variance applies to --method vlb only",
+        "rtol": config.method == "vlb" and "--rtol applies to --method ode only",
+        "atol": config.method == "vlb" and "--atol applies to --method ode only",
+        "divergence": config.method == "vlb" and "--divergence applies to --method ode only",
+        "probes": config.divergence == "exact" and "--probes applies to --divergence hutchinson only",
+        "probe": config.divergence == "exact" and "--probe applies to --divergence hutchinson only",
+    }
+    for name in given(*ignored):
+        if ignored[name]:
+            raise UsageError(str(ignored[name]))

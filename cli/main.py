@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
+
+try:  # typer >= 0.24 ships its own copy of click
+    from typer._click import exceptions as click_errors
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import exceptions as click_errors
+    from click import get_current_context
+    from click.core import ParameterSource
 
 from diffkit.errors import DiffkitError, SamplingError, UsageError
 from diffkit.registry import Registry, build_registry
@@ -31,13 +43,45 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs (exit 143)."""
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises `Terminated` (unless ignored, or off the main thread).
+
+    SIGINT already raises KeyboardInterrupt, so every `finally` and `atomic_file` cleanup runs for
+    both and no temporary file is left behind.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interruption(error: KeyboardInterrupt) -> tuple[str, int]:
+    """The signal behind `error` and its exit code: ("SIGTERM", 143) or ("SIGINT", 130)."""
+    return ("SIGTERM", 143) if isinstance(error, Terminated) else ("SIGINT", 130)
+
+
 def handle_errors(command: F) -> F:
     """Turn diffkit errors into one stderr line and an exit code (2 usage, 1 sampling)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with terminate_raises():
+                return command(*args, **kwargs)
         except UsageError as error:
             fail(str(error), 2)
         except SamplingError as error:
@@ -46,8 +90,9 @@ def handle_errors(command: F) -> F:
             fail(str(error), 2)
         except typer.Exit:
             raise
-        except KeyboardInterrupt:
-            fail("interrupted; no output written", 130)
+        except KeyboardInterrupt as error:
+            name, code = interruption(error)
+            fail(f"interrupted by {name}; unfinished output files were removed", code)
         except Exception as error:  # never show a traceback unless asked to
             if os.environ.get("DIFFKIT_DEBUG"):
                 raise
@@ -64,6 +109,14 @@ def load_registry() -> Registry:
     for warning in caught:
         typer.echo(f"warning: {warning.message}", err=True)
     return registry
+
+
+def given(*names: str) -> list[str]:
+    """The parameters among `names` set on the command line (not defaults) in the running command."""
+    context = get_current_context(silent=True)
+    if context is None:  # called as a plain function (tests, the API): nothing was typed
+        return []
+    return [name for name in names if context.get_parameter_source(name) is ParameterSource.COMMANDLINE]
 
 
 def _register_commands() -> None:
@@ -90,9 +143,29 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="diffkit")
+@functools.cache
+def _click_command() -> Any:
+    """The click command of `app`, built once per process (typer rebuilds it on every call)."""
+    return typer.main.get_command(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: run `diffkit ARGV`; a usage error is one `error:` line, exit 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = _click_command().main(args=args, prog_name="diffkit", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as error:
+        typer.echo(error.ctx.get_help() if error.ctx is not None else "usage: diffkit COMMAND --help")
+        return 2  # as click: no command is a usage error, answered with the help
+    except click_errors.ClickException as error:  # typer/click parse errors: unknown option, bad int, ...
+        message = " ".join(error.format_message().split())
+        where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
+        typer.echo(f"error: {message}{where}", err=True)
+        return 2
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import torch
 import typer
 from rich.console import Console
@@ -15,13 +15,14 @@ from rich.table import Table
 
 from diffkit.api import SampleConfig, SampleRun
 from diffkit.api import sample as run_sample
-from diffkit.cli.main import handle_errors, load_registry
-from diffkit.io import check_writable, read_array, write_samples
-from diffkit.metrics import sliced_wasserstein
+from diffkit.cli.main import given, handle_errors, load_registry
+from diffkit.errors import OutputError, UsageError
+from diffkit.io import check_writable, make_parent, read_real, write_samples
+from diffkit.memory import release_free_memory
 from diffkit.options import split_key_values
 from diffkit.plot import save_plot
 from diffkit.provenance import machine, versions
-from diffkit.quality import oracle_quality
+from diffkit.quality import class_quality, metric_samples, oracle_quality
 from diffkit.registry import Registry
 
 
@@ -102,25 +103,60 @@ def sample(
         guidance=guidance,
         guidance_scale=guidance_scale,
     )
+    noise = None if x_init is None else torch.from_numpy(read_real(x_init, "--x-init"))
+    if noise is not None and given("num_samples") and num_samples != noise.shape[0]:
+        raise UsageError(
+            f"--num-samples {num_samples} contradicts --x-init with {noise.shape[0]} rows "
+            "(the rows of --x-init set the number of samples; drop --num-samples)"
+        )
+    if noise is not None:
+        config = replace(config, num_samples=noise.shape[0])
     out = check_writable(out, ".npz")
     plot_path = out.with_suffix(".png")
     if plot:
         check_writable(plot_path, ".png")
-    noise = None if x_init is None else torch.from_numpy(np.asarray(read_array(x_init), dtype=np.float64))
     registry = load_registry()
+    _refuse_grid_of_adaptive(config, registry)
     run = _run_with_progress(config, registry, noise)
+    make_parent(out)
     samples = run.samples.detach().cpu()
+    release_free_memory()  # the batches' freed work memory, before the metrics' (flat peak in N)
     summary = _summary(run, samples, out, plot_path if plot else None)
     config_record = run.config | {"versions": versions(), "machine": machine(device)}
-    write_samples(out, samples.numpy(), run.nfe, run.seconds, config_record)
-    if plot:
+
+    def write_plot() -> None:  # after the npz is complete, before it is published: both or neither
         log_prob = getattr(run.composition.model, "data_log_prob", None)
         title = f"{model} | {sde} | {solver} | NFE {run.nfe}"
         save_plot(plot_path, samples.numpy(), title=title, log_prob=log_prob)
+
+    try:
+        write_samples(
+            out, samples, run.nfe, run.seconds, config_record, before_publish=write_plot if plot else None
+        )
+    except OSError as error:
+        written = f"{str(out)!r}" + (f" and {str(plot_path)!r}" if plot else "")
+        raise OutputError(
+            f"cannot write {written}: {error.strerror or error}; no output written, existing files kept"
+        ) from None
     if as_json:
         typer.echo(json.dumps(summary))
     else:
         _print_table(summary)
+
+
+def _refuse_grid_of_adaptive(config: SampleConfig, registry: Registry) -> None:
+    """UsageError if --grid or --grid-opt is given for an adaptive solver, which uses only the ends."""
+    flags = [f"--{name.replace('_', '-')}" for name in given("grid", "grid_opt")]
+    if not flags:
+        return
+    if config.grid is not None:
+        registry.get("grid", config.grid)  # an unknown name first: that message lists the valid ones
+    if registry.build("sampler", config.solver, config.solver_options).capabilities.adaptive:
+        verb = "does" if len(flags) == 1 else "do"
+        raise UsageError(
+            f"{' and '.join(flags)} {verb} not apply to the adaptive solver {config.solver!r}: it chooses "
+            "its own steps between the process's end points (use a fixed-step solver, e.g. ode:rk4)"
+        )
 
 
 def _run_with_progress(config: SampleConfig, registry: Registry, noise: torch.Tensor | None) -> SampleRun:
@@ -159,7 +195,10 @@ def _summary(run: SampleRun, samples: torch.Tensor, out: Path, plot_path: Path |
         "seconds": round(run.seconds, 4),
         "samples_per_second": round(samples.shape[0] / max(run.seconds, 1e-9), 1),
     }
-    summary |= {k: round(v, 5) for k, v in _quality(run, samples, cfg).items()}
+    quality = _quality(run, samples, cfg)
+    summary |= {k: round(v, 5) for k, v in quality.items()}
+    if quality:  # sliced W2 is measured on the first this many samples (all when fewer)
+        summary["sliced_w2_samples"] = metric_samples(int(samples.shape[0]))
     summary |= {"out": str(out), "plot": None if plot_path is None else str(plot_path)}
     return summary
 
@@ -169,19 +208,7 @@ def _quality(run: SampleRun, samples: torch.Tensor, cfg: dict) -> dict[str, floa
     model = run.composition.model
     if cfg.get("cond") is None:
         return oracle_quality(model, samples, seed=cfg["seed"])
-    base = getattr(model, "base", model)
-    if not hasattr(base, "sample_class"):
-        return {}
-    generator = torch.Generator().manual_seed(cfg["seed"] + 7919)
-    n = samples.shape[0]
-    reference, other = (
-        base.sample_class(cfg["cond"], n, generator=generator, dtype=torch.float64) for _ in range(2)
-    )
-    samples = samples.to(torch.float64)
-    return {
-        "sliced_w2_to_class": float(sliced_wasserstein(samples, reference)),
-        "sliced_w2_floor": float(sliced_wasserstein(other, reference)),
-    }
+    return class_quality(model, samples, cfg["cond"], seed=cfg["seed"])
 
 
 def _print_table(summary: dict) -> None:

@@ -17,13 +17,15 @@ from typing import Any
 
 import torch
 
+from diffkit import validate
 from diffkit.errors import SamplingError, UnknownComponentError, UsageError
 from diffkit.grid import check_grid
 from diffkit.model import ScoreModel
+from diffkit.prior_noise import PriorNoise
 from diffkit.process import NoiseProcess
 from diffkit.provenance import jsonable
 from diffkit.registry import Registry, build_registry
-from diffkit.sampler import Sampler, StepInfo, check_composition
+from diffkit.sampler import Sampler, StepInfo, check_composition, check_result
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -80,20 +82,11 @@ class SampleRun:
 
 
 def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value}")
+    validate.positive_int(name, value)
 
 
 def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; expected cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' requested but CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"unsupported device {name!r}; expected cpu or cuda")
-    return device
+    return validate.device(name)
 
 
 def compose(config: SampleConfig, registry: Registry) -> Composition:
@@ -101,9 +94,13 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     _positive("--steps", config.steps)
     _positive("--num-samples", config.num_samples)
     _positive("--batch-size", config.batch_size)
+    validate.seed("--seed", config.seed)
+    validate.finite("--guidance-scale", config.guidance_scale)
     if config.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {config.dtype!r}; expected one of {', '.join(DTYPES)}")
     device = _device(config.device)
+    if config.steps is not None:  # the grid, float64, and the solver's per-step records
+        validate.memory(f"--steps {config.steps}", 64.0 * (config.steps + 1))
     process = registry.build("process", config.process, config.process_options)
     sampler = registry.build("sampler", config.solver, config.solver_options)
     check_composition(config.solver, sampler, config.process, process)
@@ -112,7 +109,13 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     )
     model = _wrap_model(config, registry, model)
     capabilities = sampler.capabilities
-    grid_name = config.grid or capabilities.grid_for(process)
+    if capabilities.adaptive and config.steps is not None:
+        raise UsageError(
+            f"--steps does not apply to the adaptive solver {config.solver!r}: it chooses its own "
+            "steps (set its tolerances with --solver-opt rtol=... atol=...)"
+        )
+    _check_size(config, model, DTYPES[config.dtype])
+    grid_name = capabilities.grid_for(process) if config.grid is None else config.grid
     steps = config.steps or capabilities.default_steps
     grid_factory = registry.build("grid", grid_name, config.grid_options)
     try:
@@ -120,6 +123,15 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     except ValueError as error:
         raise UsageError(f"grid {grid_name!r} on process {config.process!r}: {error}") from None
     return Composition(process, model, sampler, grid, grid_name, steps, device, DTYPES[config.dtype])
+
+
+def _check_size(config: SampleConfig, model: ScoreModel, dtype: torch.dtype) -> None:
+    """UsageError if the prior noise and the samples of the run would not fit in memory."""
+    numel = float(config.num_samples) * math.prod(model.data_shape)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    shape = "x".join(map(str, model.data_shape))
+    # prior noise, the batch being integrated (with a solver stage) and the float32 samples written
+    validate.memory(f"--num-samples {config.num_samples} of shape {shape}", numel * (3 * itemsize + 4))
 
 
 def build_model(
@@ -227,8 +239,11 @@ def sample(
     """Compose the run described by `config` and draw `num_samples` samples.
 
     Prior noise for all samples comes from one generator seeded with `seed` (so the initial
-    noise of sample i does not depend on the batch size); stochastic samplers draw their noise
-    from a per-batch generator derived from (seed, batch index).
+    noise of sample i does not depend on the batch size); on the CPU it is drawn a chunk at a
+    time with the bits of one draw for all N (`diffkit.prior_noise`). Stochastic samplers draw
+    their noise from a per-batch generator derived from (seed, batch index). Samples fill one
+    preallocated `(N, *data_shape)` tensor batch by batch; `x_init` is read a batch at a time
+    (so it may be a memory-mapped array of any float dtype).
 
     Args:
         config: names, options and sizes.
@@ -265,21 +280,23 @@ def sample(
                 f"--x-init has shape {tuple(x_init.shape)}, but model {config.model!r} needs ({needed})"
             )
         num_samples = x_init.shape[0]
-        noise = x_init.to(device=comp.device, dtype=comp.dtype)
     else:
         num_samples = config.num_samples
         generator = torch.Generator(device=comp.device).manual_seed(config.seed)
-        noise = comp.process.prior_sample(
-            (num_samples, *shape), generator=generator, device=comp.device, dtype=comp.dtype
-        )
+        prior = PriorNoise(comp.process, num_samples, shape, generator, comp.device, comp.dtype)
     batch_size = config.batch_size or num_samples
     grid = comp.grid.to(comp.device)
-    chunks, nfes, steps = [], [], []
+    samples = torch.empty((num_samples, *shape), device=comp.device, dtype=comp.dtype)
+    nfes, steps = [], []
     batches = math.ceil(num_samples / batch_size)
     span = comp.process.t_max - comp.process.t_min
     start = time.perf_counter()
     for index in range(batches):
-        x = noise[index * batch_size : (index + 1) * batch_size]
+        first, stop = index * batch_size, min((index + 1) * batch_size, num_samples)
+        if x_init is None:
+            x = prior.take(stop - first)
+        else:
+            x = x_init[first:stop].to(device=comp.device, dtype=comp.dtype)
         forward = None
         if progress is not None:
 
@@ -299,8 +316,9 @@ def sample(
             generator=_batch_generator(comp.device, config.seed, index),
             callback=watch,
         )
+        check_result(result, x, config.solver, registry, watch.flags)  # plugin contract (exit 1)
         watch.raise_if_nonfinite(result.x, config.solver)
-        chunks.append(result.x if rows is None else comp.model.finalize(result.x, rows))
+        samples[first:stop] = result.x if rows is None else comp.model.finalize(result.x, rows)
         nfes.append(result.nfe)
         steps.append(result.steps)
     seconds = time.perf_counter() - start
@@ -317,4 +335,4 @@ def sample(
         "process_repr": repr(comp.process),
         "sampler_repr": repr(comp.sampler),
     }
-    return SampleRun(torch.cat(chunks), max(nfes), max(steps), seconds, jsonable(resolved), comp)
+    return SampleRun(samples, max(nfes), max(steps), seconds, jsonable(resolved), comp)

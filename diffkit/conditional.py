@@ -9,7 +9,8 @@ Image Synthesis", sec. 4) is the component responsibility.
 
 Shapes: data flattened to `(B, D)`; means and stds `(K, D)`; log-weights `(K,)`; alpha, sigma
 `(B,)`; labels `(B,)` long, with `NULL_LABEL` (-1) meaning "no condition" (the null token of
-classifier-free guidance, Ho & Salimans 2022).
+classifier-free guidance, Ho & Salimans 2022). -1 is the oracles' null label and the default of
+`ScoreModel.null_label`; the trained networks of `diffkit.nn` use their own, `num_classes`.
 """
 
 from __future__ import annotations

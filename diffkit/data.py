@@ -8,10 +8,14 @@ Dataset plugins (`Registrar.add_dataset`) return a `Dataset`. Value conventions:
   the FFJORD toy generators (Grathwohl et al. 2019), roughly [-4, 4] per coordinate.
 
 Randomness is explicit: `sample_batch` takes a `torch.Generator`, `split` a seed.
+
+Users' own arrays (`--data PATH.npy|.npz`) load through `diffkit.datafile`, which records the
+file's path and SHA-256 in `Dataset.source`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +32,7 @@ class Dataset:
         labels: int64 tensor `(N,)` with values in `[0, num_classes)`, or None.
         num_classes: number of classes when `labels` is given, else 0.
         value_range: `(low, high)` bounds of every value (images: (-1, 1)), or None if unbounded.
+        source: where a file dataset came from (`{"path": ..., "sha256": ...}`), else None.
     """
 
     name: str
@@ -35,6 +40,7 @@ class Dataset:
     labels: Tensor | None = None
     num_classes: int = 0
     value_range: tuple[float, float] | None = None
+    source: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.data.dtype != torch.float32 or self.data.ndim < 2 or self.data.shape[0] < 1:
@@ -68,10 +74,22 @@ class Dataset:
         """True for `(C, H, W)` examples."""
         return len(self.data_shape) == 3
 
+    def describe(self) -> str:
+        """One line: name, count, shape, observed value range and labels, e.g. for `diffkit train`."""
+        kind = "images" if self.is_image else "points"
+        low, high = float(self.data.min()), float(self.data.max())
+        line = f"data {self.name}: {len(self)} {kind} of shape {self.data_shape}"
+        line += f", values in [{low:.4g}, {high:.4g}]"
+        if self.value_range is not None:
+            line += f" (declared range [{self.value_range[0]:g}, {self.value_range[1]:g}])"
+        if self.labels is not None:
+            line += f", labels 0..{self.num_classes - 1}"
+        return line
+
     def subset(self, index: Tensor) -> Dataset:
         """The examples at `index` (int64 `(M,)`), as a new dataset with the same metadata."""
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(self.name, self.data[index], labels, self.num_classes, self.value_range)
+        return Dataset(self.name, self.data[index], labels, self.num_classes, self.value_range, self.source)
 
     def sample_batch(
         self, batch_size: int, *, generator: torch.Generator | None = None

@@ -38,5 +38,13 @@ class SamplingError(DiffkitError, RuntimeError):
     """Sampling failed numerically, e.g. NaN or Inf appeared at some step."""
 
 
+class PluginError(SamplingError):
+    """A plugin's component broke its contract during work (e.g. a wrong sampler result); names the plugin."""
+
+
+class OutputError(SamplingError):
+    """Writing an output failed during work (e.g. a full disk); no new output was published."""
+
+
 class PluginLoadWarning(UserWarning):
     """A plugin failed to import or register; the remaining plugins keep working."""

@@ -17,11 +17,8 @@ from typing import Any
 
 import torch
 
-from diffkit import parameterization as param
-from diffkit.conditional import NULL_LABEL
 from diffkit.errors import UsageError
 from diffkit.model import ScoreModel
-from diffkit.shapes import append_dims
 
 
 def require_conditional(model: ScoreModel, wrapper: str) -> int:
@@ -57,27 +54,40 @@ class CFGModel(ScoreModel):
     """Classifier-free guidance (Ho & Salimans 2022): `eps = eps_u + w (eps_c - eps_u)`.
 
     Args:
-        model: a class-conditional base model; its network sees the null label `NULL_LABEL`
-            (-1) for the unconditional half.
+        model: a class-conditional base model; its network sees the model's own null label
+            (`model.null_label`: `num_classes` for trained networks, -1 for the oracles) for the
+            unconditional half.
         scale: guidance weight w (0: unconditional, 1: conditional, >1: sharper).
+
+    The mix is taken on the base model's (scaled) output in its own kind; a learned variance
+    is taken from the conditional half.
     """
 
     def __init__(self, model: ScoreModel, *, scale: float = 1.0) -> None:
-        self.num_classes = require_conditional(model, "cfg")
-        super().__init__(self._guided, kind=model.kind, process=model.process, data_shape=model.data_shape)
+        num_classes = require_conditional(model, "cfg")
+        super().__init__(
+            self._guided,
+            kind=model.kind,
+            process=model.process,
+            data_shape=model.data_shape,
+            learned_variance=model.learned_variance,
+            num_classes=num_classes,
+            null_label=model.null_label,
+        )
         self.base = model
         self.scale = float(scale)
         self.cond = model.cond
-        self.conditional = True
 
-    def _guided(self, x: torch.Tensor, time_input: torch.Tensor, cond: Any) -> torch.Tensor:
-        """One batched base call on `(2B, *dims)`: conditional rows first, then null-label rows."""
+    def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """One batched base call on `(2B, *dims)` at times `t` `(B,)`: conditional rows, then null rows."""
         labels = labels_for(cond, x, self.num_classes)
-        both_x = torch.cat([x, x])
-        both_t = self.base.time_input(torch.cat([time_input, time_input]))
-        both_labels = torch.cat([labels, torch.full_like(labels, NULL_LABEL)])
-        cond_out, uncond_out = self.base.network(both_x, both_t, both_labels).chunk(2)
-        return cfg_mix(cond_out, uncond_out, self.scale)
+        both_labels = torch.cat([labels, torch.full_like(labels, self.base.null_label)])
+        both = self.base.prediction(torch.cat([x, x]), torch.cat([t, t]), both_labels)
+        cond_out, uncond_out = both.output.chunk(2)
+        mixed = cfg_mix(cond_out, uncond_out, self.scale)
+        if both.variance_interpolation is None:
+            return mixed
+        return torch.cat([mixed, both.variance_interpolation.chunk(2)[0]], dim=1)
 
 
 class ClassifierGuidedModel(ScoreModel):
@@ -93,26 +103,31 @@ class ClassifierGuidedModel(ScoreModel):
     """
 
     def __init__(self, model: ScoreModel, *, scale: float = 1.0) -> None:
-        self.num_classes = require_conditional(model, "classifier")
+        num_classes = require_conditional(model, "classifier")
         classifier = getattr(model, "classifier", None)
         if classifier is None or not callable(getattr(classifier, "log_prob", None)):
             raise UsageError(
-                f"guidance 'classifier' needs a time-dependent classifier; {type(model).__name__} has none"
+                "guidance 'classifier' needs a time-dependent classifier p_t(y | x), and the model has "
+                "none (the oracles have one); use --guidance cfg"
             )
-        super().__init__(self._guided, kind="eps", process=model.process, data_shape=model.data_shape)
+        super().__init__(
+            self._guided,
+            kind="eps",
+            process=model.process,
+            data_shape=model.data_shape,
+            num_classes=num_classes,
+            null_label=model.null_label,
+        )
         self.base = model
         self.classifier = classifier
         self.scale = float(scale)
         self.cond = model.cond
-        self.conditional = True
 
     def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """Guided eps `(B, *dims)` at time `t` `(B,)`."""
         labels = labels_for(cond, x, self.num_classes)
-        alpha = append_dims(self.process.alpha(t).to(x.dtype), x.ndim)
-        sigma = append_dims(self.process.sigma(t).to(x.dtype), x.ndim)
-        output = self.base.network(x, self.base.time_input(t), None)
-        eps = param.to_eps(self.base.kind, output, x, alpha, sigma)
+        base = self.base.prediction(x, t, None)  # the unconditional eps_u
+        eps, sigma = base.eps, base.sigma
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             log_p = self.classifier.log_prob(x_in, t, labels)

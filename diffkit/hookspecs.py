@@ -13,6 +13,9 @@ A plugin is any module or object with functions marked `@hookimpl`, registered t
     @hookimpl
     def diffkit_register(registrar):
         registrar.add_sampler("my-sampler", MySampler)
+
+A sampler's result is checked after every call (`diffkit.sampler.check_result`): a wrong
+shape, dtype, row count or a non-finite value is a `PluginError` naming the plugin.
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ def diffkit_register(registrar: Registrar) -> None:
     :param registrar: the typed registrar of this plugin: call `add_process`,
         `add_sampler`, `add_grid`, `add_model`, `add_model_wrapper`, `add_network`,
         `add_loss`, `add_dataset` and `add_family`.
-        A name registered twice raises `DuplicateComponentError` naming both plugins.
 
-    Called once per `build_registry()`; must not keep global state.
+    Called once per `build_registry()`; must not keep global state. Registration is all or
+    nothing: if the hook raises, or adds a name that is already taken (built-ins register
+    first and always keep theirs), the whole plugin is skipped with one `PluginLoadWarning`
+    naming it and, for a taken name, the plugin that holds it. Two built-ins registering one
+    name raise `DuplicateComponentError`.
     """
 
 
@@ -61,7 +67,8 @@ def diffkit_resolve(kind: str, name: str) -> Callable[..., Any] | None:
         "model_wrapper", "network", "loss", "dataset").
     :param name: the full name asked for, e.g. "ode:rk4" or "sde:srk".
 
-    Called only for names not registered directly; the first non-None result wins.
+    Called only for names not registered directly, built-in plugins first; the first
+    non-None result wins. A third-party hook that raises is a `PluginError` naming it.
     The factory has the same signature as one given to the registrar (its keyword-only
     parameters are the options); a `functools.partial` may bind some of them.
     """

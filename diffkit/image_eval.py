@@ -10,7 +10,7 @@ sample set's FID with the floor at similar counts; KID is unbiased and comparabl
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,11 +21,19 @@ from diffkit.classifier.train import HELD_OUT, SPLIT_SEED
 from diffkit.data import Dataset
 from diffkit.errors import UsageError
 from diffkit.image_metrics import (
+    FeatureMoments,
     feature_frechet_distance,
+    feature_moments,
+    frechet_distance,
+    gaussian_fit,
     kernel_inception_distance,
     label_histogram,
+    merge_moments,
     total_variation,
 )
+
+KID_SAMPLES = 50_000  # KID subsets are drawn from the first this many images
+BATCH = 1024  # images per classifier batch
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class ImageScores:
         n: number of images scored.
         fid: Fréchet distance of classifier features (Heusel et al. 2017).
         kid, kid_std: KID mean and std over subsets (Bińkowski et al. 2018).
+        kid_n: the KID subsets are drawn from the first `kid_n` images (min(n, KID_SAMPLES)).
         label_tv: TV distance of the predicted-label histogram to the reference label distribution.
         histogram: the predicted-label histogram (length num_classes, sums to 1).
     """
@@ -46,6 +55,7 @@ class ImageScores:
     kid_std: float
     label_tv: float
     histogram: list[float]
+    kid_n: int
 
 
 @dataclass(frozen=True)
@@ -75,8 +85,34 @@ def check_images(samples: Tensor, dataset: Dataset) -> None:
             f"samples have shape {shape}; dataset {dataset.name!r} needs "
             f"(N, {', '.join(map(str, dataset.data_shape))}) with N >= 2"
         )
-    if not bool(torch.isfinite(samples).all()):
+    if not all(bool(torch.isfinite(samples[i : i + BATCH]).all()) for i in range(0, shape[0], BATCH)):
         raise UsageError("samples contain NaN or infinite values")
+
+
+class _Streamed(NamedTuple):
+    """What one pass over an image set keeps: feature moments, predicted-label counts, first features."""
+
+    moments: FeatureMoments
+    counts: Tensor
+    head: Tensor
+
+
+@torch.no_grad()
+def _stream(classifier: DigitClassifier, images: Tensor, keep: int) -> _Streamed:
+    """Features of `images` `(N, 1, H, W)` computed `BATCH` at a time (clamped to [-1, 1], float32):
+    their float64 moments, the predicted-label counts and the first `keep` feature rows."""
+    moments, head = None, []
+    counts = torch.zeros(classifier.config.num_classes, dtype=torch.int64)
+    for start in range(0, images.shape[0], BATCH):
+        features = classifier.features(images[start : start + BATCH].to(torch.float32).clamp(-1.0, 1.0))
+        predicted = classifier.head(features).argmax(dim=1)
+        counts += torch.bincount(predicted, minlength=counts.shape[0])
+        batch = feature_moments(features)
+        moments = batch if moments is None else merge_moments(moments, batch)
+        if start < keep:
+            head.append(features[: keep - start])
+    assert moments is not None  # N >= 2 (check_images)
+    return _Streamed(moments, counts, torch.cat(head))
 
 
 def score_images(
@@ -86,24 +122,39 @@ def score_images(
     reference_labels: Tensor,
     *,
     generator: torch.Generator,
+    kid_samples: int = KID_SAMPLES,
 ) -> ImageScores:
     """Score `images` `(N, 1, H, W)` against features `reference` `(M, D)` with true labels `(M,)`.
 
     Images are clamped to the data range [-1, 1] first, as when they are written out as pictures.
+    Memory stays flat in N: FID uses the mean and covariance of all N features accumulated in
+    float64 batch by batch, the label histogram all N predictions, and KID subsets are drawn
+    from the first min(N, `kid_samples`) features.
     """
-    clamped = images.to(torch.float32).clamp(-1.0, 1.0)
-    features = batched(classifier.features, clamped)
-    predicted = classifier.head(features).argmax(dim=1)
+    streamed = _stream(classifier, images, kid_samples)
+    return _scores(classifier, streamed, reference, reference_labels, generator)
+
+
+def _scores(
+    classifier: DigitClassifier,
+    streamed: _Streamed,
+    reference: Tensor,
+    reference_labels: Tensor,
+    generator: torch.Generator,
+) -> ImageScores:
     num_classes = classifier.config.num_classes
-    histogram = label_histogram(predicted, num_classes)
-    kid, kid_std = kernel_inception_distance(features, reference, generator=generator)
+    counts = streamed.counts.to(torch.float64)
+    histogram = counts / counts.sum()
+    kid, kid_std = kernel_inception_distance(streamed.head, reference, generator=generator)
+    moments = streamed.moments
     return ImageScores(
-        n=images.shape[0],
-        fid=float(feature_frechet_distance(features, reference)),
+        n=moments.n,
+        fid=float(frechet_distance(moments.mean, moments.covariance(), *gaussian_fit(reference))),
         kid=kid,
         kid_std=kid_std,
         label_tv=float(total_variation(histogram, label_histogram(reference_labels, num_classes))),
         histogram=[round(float(value), 6) for value in histogram],
+        kid_n=streamed.head.shape[0],
     )
 
 
@@ -111,7 +162,8 @@ def evaluate_images(samples: Tensor, dataset: Dataset, *, seed: int = 0) -> Imag
     """Score `samples` `(N, *data_shape)` and the held-out floor against `dataset`'s training split.
 
     Args:
-        samples: generated images in the data range [-1, 1], `(N, 1, H, W)`, N >= 2.
+        samples: generated images in the data range [-1, 1], `(N, 1, H, W)`, N >= 2, any float
+            dtype (read `BATCH` images at a time, so it may be a memory-mapped array's tensor).
         dataset: a labelled image dataset with a shipped classifier (`digits`, `mnist`).
         seed: seed of the KID subsets.
     """
@@ -122,12 +174,14 @@ def evaluate_images(samples: Tensor, dataset: Dataset, *, seed: int = 0) -> Imag
         raise UsageError(f"dataset {dataset.name!r} has no labels")
     reference = batched(classifier.features, train.data)
 
-    def score(images: Tensor) -> ImageScores:
+    def score(streamed: _Streamed) -> ImageScores:
         generator = torch.Generator().manual_seed(seed)
-        return score_images(classifier, images, reference, train.labels, generator=generator)
+        return _scores(classifier, streamed, reference, train.labels, generator)
 
+    streamed = _stream(classifier, samples, max(KID_SAMPLES, len(held)))
     matched = None
-    if samples.shape[0] >= len(held):
-        features = batched(classifier.features, samples[: len(held)].to(torch.float32).clamp(-1.0, 1.0))
-        matched = float(feature_frechet_distance(features, reference))
-    return ImageEvaluation(dataset.name, len(train), score(samples), score(held.data), matched)
+    if samples.shape[0] >= len(held):  # FID of the first len(held) samples, comparable with the floor
+        matched = float(feature_frechet_distance(streamed.head[: len(held)], reference))
+    streamed = streamed._replace(head=streamed.head[:KID_SAMPLES])
+    floor = score(_stream(classifier, held.data, KID_SAMPLES))
+    return ImageEvaluation(dataset.name, len(train), score(streamed), floor, matched)

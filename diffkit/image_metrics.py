@@ -16,6 +16,8 @@ All functions are pure and compute in float64 whatever the input dtype.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -28,6 +30,38 @@ def gaussian_fit(features: Tensor) -> tuple[Tensor, Tensor]:
     mean = x.mean(dim=0)
     centred = x - mean
     return mean, centred.T @ centred / (x.shape[0] - 1)
+
+
+class FeatureMoments(NamedTuple):
+    """Count n, mean `(D,)` and sum of centred outer products `(D, D)` (float64) of a feature set."""
+
+    n: int
+    mean: Tensor
+    scatter: Tensor
+
+    def covariance(self) -> Tensor:
+        """Unbiased covariance `(D, D)` = scatter / (n - 1), as `gaussian_fit`'s."""
+        return self.scatter / (self.n - 1)
+
+
+def feature_moments(features: Tensor) -> FeatureMoments:
+    """`FeatureMoments` of features `(B, D)`, B >= 1, in float64."""
+    x = features.to(torch.float64)
+    mean = x.mean(dim=0)
+    centred = x - mean
+    return FeatureMoments(x.shape[0], mean, centred.T @ centred)
+
+
+def merge_moments(a: FeatureMoments, b: FeatureMoments) -> FeatureMoments:
+    """Moments of the union of two feature sets (Chan, Golub & LeVeque 1979, pairwise update):
+    `mean = mean_a + delta n_b / n`, `scatter = scatter_a + scatter_b + delta delta^T n_a n_b / n`
+    with `delta = mean_b - mean_a`; so a set's mean and covariance stream over batches in float64.
+    """
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.n / n)
+    scatter = a.scatter + b.scatter + torch.outer(delta, delta) * (a.n * b.n / n)
+    return FeatureMoments(n, mean, scatter)
 
 
 def sqrtm_psd(matrix: Tensor) -> Tensor:

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import torch
 
-from diffkit import parameterization as param
 from diffkit.errors import UsageError
 from diffkit.model import ScoreModel
 from diffkit.shapes import append_dims
@@ -109,8 +108,7 @@ class InverseModel(ScoreModel):
         else:
             z_known = z
         x_in = self.from_coords(torch.where(mask, z_known, z))
-        output = self.base.network(x_in, self.base.time_input(t), self.base.cond)
-        eps = self.to_coords(param.to_eps(self.base.kind, output, x_in, alpha, sigma))
+        eps = self.to_coords(self.base.prediction(x_in, t, self.base.cond).eps)
         return self.from_coords(torch.where(mask, (z - alpha * known) / sigma, eps))
 
     def finalize(self, x: torch.Tensor, cond: Measurement) -> torch.Tensor:

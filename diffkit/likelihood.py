@@ -21,6 +21,11 @@ the isotropic prior `N(0, sigma(t_max)^2 I)` in place of p_T the error is
 `data_log_prob` (t = 0) differs by the small smoothing at sigma(t_min).
 
 Units: nats per sample; per dimension `nll / D`; bits per dimension `nll / (D ln 2)`.
+
+Discrete data with K levels per dimension (integers k in {0..K-1}, scaled to bin centres
+`k / s - 1`, `s = (K - 1) / 2`) are dequantized uniformly within their bins; then
+`log P(k) >= E_u[log p(y)] - D log s` (Theis et al. 2016), so the bits/dim reported for them
+are per dimension of the discrete data, `-(log p(y) - D log s) / (D ln 2)`.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from diffkit.shapes import append_dims, sum_except_batch
 
 Divergence = Literal["exact", "hutchinson"]
 ProbeKind = Literal["gaussian", "rademacher"]
-PIXEL_SCALE = 127.5  # 8-bit data x in {0..255} scaled to [-1, 1] as y = x / 127.5 - 1 (DDPM)
 
 
 def exact_divergence(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -191,27 +195,42 @@ def ode_log_likelihood(
 _ADAPTIVE = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"})
 
 
-def dequantize(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Uniformly dequantize 8-bit `pixels` `(B, *dims)` in {0..255} into [-1, 1] (Theis et al. 2016).
+def level_scale(levels: int) -> float:
+    """`(K - 1) / 2`: integers k in {0..K-1} map to bin centres `k / scale - 1` in [-1, 1].
 
-    `y = (pixels + u - 1/2) / 127.5 - 1` with u ~ U[0, 1)^D: each integer's bin is centred on
-    the usual scaling `pixels / 127.5 - 1`. The Jacobian of pixels -> y is `1/127.5` per dim, so
-    `log p_pixels(pixels + u) = log p_y(y) - D log 127.5`, and by Jensen
-    `log P(pixels) >= E_u[log p_y(y)] - D log 127.5` (see `dequantization_offset_nats`).
+    Bins have width `1 / scale = 2 / (K - 1)` on the [-1, 1] scale, so the edges sit at
+    `+-1 / (K - 1)` around each centre; `scale(256) = 127.5` (8-bit images, DDPM) and
+    `scale(17) = 8` (scikit-learn's digits, pixels 0..16).
     """
+    if levels < 2:
+        raise ValueError(f"need at least 2 levels, got {levels}")
+    return (levels - 1) / 2.0
+
+
+def dequantize(pixels: torch.Tensor, generator: torch.Generator, levels: int = 256) -> torch.Tensor:
+    """Uniformly dequantize integers `pixels` `(B, *dims)` in {0..K-1} into [-1, 1] (Theis et al. 2016).
+
+    `y = (pixels + u - 1/2) / s - 1` with u ~ U[0, 1)^D and `s = level_scale(K) = (K - 1) / 2`:
+    each integer's bin is centred on the scaling `pixels / s - 1`. The Jacobian of
+    `pixels + u -> y` is `1/s` per dim, so `log p_pixels(pixels + u) = log p_y(y) + D log(1/s)`,
+    and by Jensen `log P(pixels) >= E_u[log p_y(y)] - D log s` (see `dequantization_offset_nats`).
+    """
+    scale = level_scale(levels)
     u = torch.rand(pixels.shape, generator=generator, device=generator.device, dtype=torch.float64)
-    return ((pixels.to(torch.float64) + u.to(pixels.device) - 0.5) / PIXEL_SCALE - 1.0).to(
+    return ((pixels.to(torch.float64) + u.to(pixels.device) - 0.5) / scale - 1.0).to(
         pixels.dtype if pixels.is_floating_point() else torch.float64
     )
 
 
-def dequantization_offset_nats(dim: int, scale: float = PIXEL_SCALE) -> float:
-    """`D log(scale)` nats: subtract from log p_y of dequantized [-1, 1] data to get log P(pixels).
+def dequantization_offset_nats(dim: int, levels: int = 256) -> float:
+    """`D log((K - 1) / 2)` nats: subtract from log p_y of dequantized [-1, 1] data to get log P(pixels).
 
-    In bits per dimension this adds `log2(127.5) = 6.994` to the [-1, 1]-scale value (score_sde's
-    "offset 7" uses scale 128, i.e. bins of width exactly 2/256 on [-1, 1]).
+    Derived from the Jacobian in `dequantize` (bins of width `2 / (K - 1)` on [-1, 1], width 1 on
+    the integers). In bits per dimension this adds `log2((K - 1) / 2)` to the [-1, 1]-scale
+    value: `log2(127.5) = 6.994` for 8-bit data (score_sde's "offset 7" uses scale 128, i.e.
+    bins of width exactly 2/256) and `log2(8) = 3` for 17 levels.
     """
-    return dim * math.log(scale)
+    return dim * math.log(level_scale(levels))
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,18 @@
 """Likelihood and encoding runs composed by name (what `diffkit likelihood/encode/decode` call).
 
 `evaluate_likelihood` reports, for data points x, either the probability-flow ODE log-density
-log p_{t_min}(x) (`diffkit.likelihood`, Song et al. 2021 App. D.2) or, on discrete processes,
-the DDPM variational bound -L_vlb <= log p(x0) (Ho et al. 2020, eq. 5; `diffkit.losses.vlb`),
-with standard errors and nats/dim, bits/dim; for oracle models it puts the closed forms beside
-them: `closed_form_logp` = the exact log p_{t_min} at the same points (ODE) or the exact data
-log-density (VLB), and `data_logp` = the exact log p_0.
+log p_{t_min}(x) (`diffkit.likelihood`, Song et al. 2021 App. D.2) or, on VP-family processes,
+the DDPM variational bound -L_vlb <= log p(x0) (Ho et al. 2020, eq. 5; `diffkit.losses.vlb`;
+continuous `vp` / `subvp` models on their N-step DDPM chain), with standard errors and
+nats/dim, bits/dim; for oracle models it puts the closed forms beside them: `closed_form_logp`
+= the exact log p_{t_min} at the same points (ODE) or the exact data log-density (VLB), and
+`data_logp` = the exact log p_0.
+
+Discrete data with K levels (`levels`; `dequantize` means K = 256) are integers 0..K-1 (a file)
+or a dataset on the grid `k / s - 1`, `s = (K - 1) / 2`, of [-1, 1]. The ODE integrates
+uniformly dequantized points and subtracts `D log s` nats (`dequantization_offset_nats`); the
+bound uses the discretized decoder with bin edges at +-1 / (K - 1). Both then bound log P(k),
+and bits/dim are per dimension of the discrete data: `-log P(k) / (D ln 2)`.
 """
 
 from __future__ import annotations
@@ -14,12 +21,21 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffkit.errors import UsageError
-from diffkit.likelihood import dequantization_offset_nats, dequantize, ode_log_likelihood, summarize
+from diffkit.errors import UnknownComponentError, UsageError
+from diffkit.io import read_real
+from diffkit.likelihood import (
+    dequantization_offset_nats,
+    dequantize,
+    level_scale,
+    ode_log_likelihood,
+    summarize,
+)
+from diffkit.losses.chain import DiscreteSchedule, is_vp_family
 from diffkit.losses.vlb import vlb_terms
 from diffkit.model import ExactData, ScoreModel
 from diffkit.process import NoiseProcess
@@ -46,6 +62,8 @@ class LikelihoodConfig:
     batch_size: int | None = None
     seed: int = 0
     dequantize: bool = False
+    levels: int | None = None
+    vlb_steps: int | None = None
     process_options: Mapping[str, Any] = field(default_factory=dict)
     model_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -80,8 +98,15 @@ def _check(config: LikelihoodConfig, process: NoiseProcess, dim: int) -> str:
     """Validate options against the composition; returns the resolved divergence."""
     if config.method not in ("ode", "vlb"):
         raise UsageError(f"--method must be ode or vlb, got {config.method!r}")
-    if config.method == "vlb" and "discrete" not in process.features:
-        raise UsageError(f"--method vlb needs a discrete process (ddpm, ddpm-cosine), not {config.process!r}")
+    if config.levels is not None and config.levels < 2:
+        raise UsageError(f"--levels must be an integer >= 2, got {config.levels}")
+    if config.vlb_steps is not None:
+        if config.method != "vlb":
+            raise UsageError("--vlb-steps applies to --method vlb only")
+        if config.vlb_steps < 2:
+            raise UsageError(f"--vlb-steps must be an integer >= 2, got {config.vlb_steps}")
+    if config.method == "vlb":
+        _check_chain(config, process)
     if config.num_samples < 1 or (config.batch_size is not None and config.batch_size < 1):
         raise UsageError("--num-samples and --batch-size must be positive integers")
     if config.num_probes < 1:
@@ -100,13 +125,65 @@ def _check(config: LikelihoodConfig, process: NoiseProcess, dim: int) -> str:
     return divergence
 
 
-def _pixels_to_unit(data: torch.Tensor, generator: torch.Generator, method: str) -> torch.Tensor:
-    """8-bit data in {0..255}: dequantized into [-1, 1] (ODE) or scaled bin centres (VLB)."""
-    if bool(((data < 0) | (data > 255) | (data != data.round())).any()):
-        raise UsageError("--dequantize needs 8-bit data: integers in 0..255")
-    if method == "vlb":  # the discretized decoder works on the bin centres x / 127.5 - 1
-        return data.to(torch.float64) / 127.5 - 1.0
-    return dequantize(data.to(torch.float64), generator)
+def _check_chain(config: LikelihoodConfig, process: NoiseProcess) -> None:
+    """UsageError unless the process has a DDPM chain (`DiscreteSchedule.of`) of the asked length."""
+    if not is_vp_family(process):
+        raise UsageError(
+            f"--method vlb needs a VP-family process (ddpm, ddpm-cosine, vp, subvp), not {config.process!r}"
+        )
+    try:
+        DiscreteSchedule.of(process, config.vlb_steps)
+    except ValueError as error:
+        if "discrete" in process.features:
+            raise UsageError(
+                f"--vlb-steps {config.vlb_steps}: process {config.process!r} has its own "
+                f"{process.num_steps} steps (set them with --sde-opt num_steps=N)"  # type: ignore[attr-defined]
+            ) from None
+        raise UsageError(f"--vlb-steps {config.vlb_steps}: {error}") from None
+
+
+def _chain_length(process: NoiseProcess, config: LikelihoodConfig) -> int:
+    """N, the number of knots of the DDPM chain the bound runs on."""
+    return len(DiscreteSchedule.of(process, config.vlb_steps).alpha_bar)
+
+
+def resolved_levels(config: LikelihoodConfig) -> int | None:
+    """The number of levels K of discrete data: `--levels`, 256 for `--dequantize`, else None."""
+    return config.levels if config.levels is not None else (256 if config.dequantize else None)
+
+
+def _levels_to_unit(data: torch.Tensor, levels: int, generator: torch.Generator, method: str) -> torch.Tensor:
+    """Integers in {0..K-1}: dequantized into [-1, 1] (ODE) or the bin centres k / s - 1 (VLB)."""
+    if bool(((data < 0) | (data > levels - 1) | (data != data.round())).any()):
+        flag = "--dequantize needs 8-bit data:" if levels == 256 else f"--levels {levels} needs"
+        raise UsageError(f"{flag} integers in 0..{levels - 1}")
+    if method == "vlb":  # the discretized decoder works on the bin centres
+        return data.to(torch.float64) / level_scale(levels) - 1.0
+    return dequantize(data.to(torch.float64), generator, levels)
+
+
+def load_points(spec: str, registry: Registry, levels: int | None = None) -> torch.Tensor | None:
+    """The points of `--data`: None for 'exact', a registered dataset, else a .npy / .npz file.
+
+    A dataset's examples lie in [-1, 1]; with `levels` K they are returned as the integers
+    `k = (y + 1) (K - 1) / 2` (UsageError unless every value is on that grid), the same form
+    as a file of integers, so `--data digits --levels 17` reads scikit-learn's pixels 0..16.
+    A registered name wins over a file of the same name.
+    """
+    if spec == "exact":
+        return None
+    try:
+        registry.get("dataset", spec)
+    except UnknownComponentError:
+        return torch.from_numpy(read_real(Path(spec), "--data"))
+    values = registry.build("dataset", spec, {}).data.to(torch.float64)
+    if levels is None:
+        return values
+    k = (values + 1.0) * level_scale(levels)
+    off_grid = float((k - k.round()).abs().max()) > 1e-4
+    if off_grid or float(k.min()) < -1e-4 or float(k.max()) > levels - 1 + 1e-4:
+        raise UsageError(f"dataset {spec!r} is not on the {levels}-level grid of [-1, 1] (--levels {levels})")
+    return k.round()
 
 
 def evaluate_likelihood(
@@ -125,15 +202,17 @@ def evaluate_likelihood(
     divergence = _check(config, process, dim)
     generator = torch.Generator().manual_seed(config.seed)
     if data is None:
+        if resolved_levels(config) is not None:
+            raise UsageError("--levels and --dequantize need discrete data (a dataset or a file of integers)")
         if not isinstance(model, ExactData):
             raise UsageError(f"--data exact needs an oracle model with exact samples, not {config.model!r}")
         data = model.sample_data(config.num_samples, generator=generator, dtype=torch.float64)
     check_data(data, model, config.model)
     data = data.to(torch.float64)
-    offset = 0.0
-    if config.dequantize:
-        data = _pixels_to_unit(data, generator, config.method)
-        offset = dequantization_offset_nats(dim) if config.method == "ode" else 0.0
+    offset, levels = 0.0, resolved_levels(config)
+    if levels is not None:
+        data = _levels_to_unit(data, levels, generator, config.method)
+        offset = dequantization_offset_nats(dim, levels) if config.method == "ode" else 0.0
     batch = config.batch_size or len(data)
     values, nfes, start = [], [], time.perf_counter()
     for chunk in data.split(batch):
@@ -154,8 +233,15 @@ def evaluate_likelihood(
             nfes.append(result.nfe)
         else:
             before = model.nfe
-            decoder = "discretized" if config.dequantize else "gaussian"
-            terms = vlb_terms(model, chunk, variance=config.variance, decoder=decoder, generator=generator)  # type: ignore[arg-type]
+            terms = vlb_terms(
+                model,
+                chunk,
+                variance=config.variance,  # type: ignore[arg-type]
+                decoder="gaussian" if levels is None else "discretized",
+                generator=generator,
+                num_steps=config.vlb_steps,
+                half_width=1.0 / ((levels or 256) - 1),  # bin edges at +-1 / (K - 1)
+            )
             values.append(-terms.sum(1))
             nfes.append(model.nfe - before)
     logp = torch.cat(values)
@@ -176,9 +262,11 @@ def evaluate_likelihood(
         "nfe_total": sum(nfes),
         "seconds": round(time.perf_counter() - start, 4),
         "t_min": process.t_min,
+        "levels": levels,
+        "vlb_steps": _chain_length(process, config) if config.method == "vlb" else None,
         "dequantization_offset_nats": offset or None,
     }
-    if isinstance(model, ExactData) and not config.dequantize:
+    if isinstance(model, ExactData) and levels is None:
         report |= _closed_forms(model, process, data, config.method)
     return report
 

@@ -18,9 +18,11 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 DEFAULT_SEED = 0
+PROJECTION_BLOCK = 16  # directions projected and sorted at a time by `sliced_wasserstein`
 
 
 def random_directions(
@@ -73,10 +75,20 @@ def wasserstein2_sorted(qx: torch.Tensor, qy: torch.Tensor) -> torch.Tensor:
     return (diff.square() * widths.to(diff.dtype)).sum(1)
 
 
+def sort_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Each row of `rows` `(P, N)` sorted ascending: `(P, N)`, a new tensor.
+
+    On the CPU numpy's sort is used: the same values, three times faster than `torch.sort`.
+    """
+    if rows.device.type == "cpu" and not rows.requires_grad:
+        return torch.from_numpy(np.sort(rows.numpy(), axis=1))
+    return torch.sort(rows, dim=1).values
+
+
 def sorted_projections(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Projections of `x` `(N, D)` on the directions `theta` `(P, D)`, sorted per direction: `(P, N)`."""
     # sorting contiguous rows (P, N) is several times faster than sorting columns of (N, P)
-    return torch.sort((x @ theta.T).T.contiguous(), dim=1).values
+    return sort_rows((x @ theta.T).T.contiguous())
 
 
 def wasserstein2_1d_squared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -89,9 +101,7 @@ def wasserstein2_1d_squared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Returns:
         `(P,)` squared 2-Wasserstein distances, in the promoted dtype of `x` and `y`.
     """
-    qx = torch.sort(x.T.contiguous(), dim=1).values
-    qy = torch.sort(y.T.contiguous(), dim=1).values
-    return wasserstein2_sorted(qx, qy)
+    return wasserstein2_sorted(sort_rows(x.T.contiguous()), sort_rows(y.T.contiguous()))
 
 
 def sliced_wasserstein(
@@ -105,7 +115,9 @@ def sliced_wasserstein(
 
     sqrt of the mean, over `num_projections` random unit directions, of the exact 1-D W2^2
     between the projected samples. Directions come from `generator`, or from a local generator
-    with a fixed seed, so equal inputs give equal results.
+    with a fixed seed, so equal inputs give equal results. Directions are taken
+    `PROJECTION_BLOCK` at a time, so the work memory is about `PROJECTION_BLOCK (N + M)` floats
+    (times a small constant) on top of the inputs, whatever `num_projections`.
 
     Args:
         x: samples `(N, *dims)`; flattened to `(N, D)`.
@@ -125,7 +137,11 @@ def sliced_wasserstein(
     dtype = torch.promote_types(x.dtype, y.dtype)
     theta = random_directions(num_projections, x.shape[1], generator=generator).to(x.device, dtype)
     x, y = x.to(dtype), y.to(x.device, dtype)
-    return wasserstein2_1d_squared(x @ theta.T, y @ theta.T).mean().sqrt()
+    per_direction = [
+        wasserstein2_sorted(sorted_projections(x, block), sorted_projections(y, block))
+        for block in theta.split(PROJECTION_BLOCK)
+    ]
+    return torch.cat(per_direction).mean().sqrt()
 
 
 class NoiseFloor(NamedTuple):
@@ -291,6 +307,13 @@ def mode_fractions(components: torch.Tensor, num_components: int) -> torch.Tenso
     return counts / counts.sum().clamp_min(1.0)
 
 
+def mode_count_tv(counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`mode_weight_tv` from the number of samples per mode `(K,)` (0-dim float64)."""
+    w = weights.to(device=counts.device, dtype=torch.float64)
+    counts = counts.to(torch.float64)
+    return 0.5 * (counts / counts.sum().clamp_min(1.0) - w / w.sum()).abs().sum()
+
+
 def mode_weight_tv(components: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Total-variation distance `0.5 sum_k |n_k / N - w_k|` between mode counts and true weights.
 
@@ -301,8 +324,8 @@ def mode_weight_tv(components: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     Returns:
         0-dim float64 tensor in [0, 1]; about `sqrt(K / (2 pi N))` for exact samples.
     """
-    w = weights.to(device=components.device, dtype=torch.float64)
-    return 0.5 * (mode_fractions(components, w.shape[0]) - w / w.sum()).abs().sum()
+    counts = torch.bincount(components.reshape(-1), minlength=weights.shape[0])
+    return mode_count_tv(counts, weights)
 
 
 def mode_chi_square(components: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -330,13 +353,28 @@ def within_mode_spread(x: torch.Tensor, components: torch.Tensor, stds: torch.Te
         0-dim float64 tensor; NaN if no component has two samples.
     """
     x = _flat64(x)
-    s = stds.to(device=x.device, dtype=torch.float64)
-    k = s.shape[0]
+    k = stds.shape[0]
     ids = components.reshape(-1).to(x.device)
     counts = torch.bincount(ids, minlength=k).to(torch.float64)
     sums = x.new_zeros(k, x.shape[1]).index_add_(0, ids, x)
     means = sums / counts.clamp_min(1.0).unsqueeze(-1)
     squares = x.new_zeros(k, x.shape[1]).index_add_(0, ids, (x - means[ids]).square())
+    return spread_ratio(counts, squares, stds)
+
+
+def spread_ratio(counts: torch.Tensor, squares: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
+    """`within_mode_spread` from per-component moments (so they can be summed over batches).
+
+    Args:
+        counts: samples per component `(K,)`.
+        squares: per-component sums of squared deviations from the component's sample mean `(K, D)`.
+        stds: true standard deviations `(K, D)` of the components.
+
+    Returns:
+        0-dim float64 tensor; NaN if no component has two samples.
+    """
+    counts = counts.to(torch.float64)
+    s = stds.to(device=squares.device, dtype=torch.float64)
     used = counts >= 2
     variances = squares[used] / (counts[used] - 1.0).unsqueeze(-1)
     ratios = (variances / s[used].square()).mean(-1).sqrt()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -154,7 +155,17 @@ def parse_options(
             raise OptionError(
                 f"{kind} {name!r}: bad value {value!r} for option {norm!r} ({error}); valid options: {valid}"
             ) from None
+        _check_finite(kind, name, norm, parsed[norm], specs[norm].default)
     return parsed
+
+
+def _check_finite(kind: str, name: str, key: str, value: Any, default: Any) -> None:
+    """OptionError for NaN, and for +-inf unless the option's own default is infinite (e.g. s_tmax)."""
+    if not isinstance(value, float) or math.isfinite(value):
+        return
+    if math.isinf(value) and isinstance(default, float) and math.isinf(default):
+        return
+    raise OptionError(f"{kind} {name!r}: option {key!r} must be a finite number, got {value}")
 
 
 def split_key_values(items: list[str] | tuple[str, ...], flag: str) -> dict[str, str]:

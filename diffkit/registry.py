@@ -6,6 +6,14 @@ distribution and load exactly like third-party ones; third-party autoload can be
 (`autoload=False` or env `DIFFKIT_DISABLE_PLUGIN_AUTOLOAD=1`) and any plugin blocked by its
 entry-point name (`block=` or env `DIFFKIT_BLOCK_PLUGINS=a,b`). Env `DIFFKIT_PLUGINS=mod,...`
 registers extra plugin modules by import name (handy for local, uninstalled plugins).
+
+Broken third-party plugins are isolated: one that fails to import, raises in its
+`diffkit_register` hook, or registers a name that is already taken is skipped as a whole
+(none of its components, families or resolve hooks stay) with one `PluginLoadWarning` naming
+it (and, for a collision, each taken name and the plugin that owns it). Built-ins register
+first and are asked first by `Registry.get`, so they always win; the first third-party
+plugin to register a name keeps it. Two built-ins registering one name is a bug in diffkit
+and raises `DuplicateComponentError`.
 """
 
 from __future__ import annotations
@@ -23,7 +31,14 @@ from typing import Any
 import pluggy
 
 from diffkit import hookspecs
-from diffkit.errors import DuplicateComponentError, OptionError, PluginLoadWarning, UnknownComponentError
+from diffkit.errors import (
+    DiffkitError,
+    DuplicateComponentError,
+    OptionError,
+    PluginError,
+    PluginLoadWarning,
+    UnknownComponentError,
+)
 from diffkit.options import parse_options
 
 KINDS: tuple[str, ...] = (
@@ -136,6 +151,19 @@ class Registrar:
             self._registry._insert(item)
 
 
+Item = Component | Family
+
+
+def _key(item: Item) -> tuple[str, str]:
+    return item.kind, item.name if isinstance(item, Component) else item.prefix
+
+
+def _describe(item: Item) -> str:
+    if isinstance(item, Component):
+        return f"{item.kind} {item.name!r}"
+    return f"{item.kind} family {item.prefix!r}"
+
+
 @dataclass
 class Registry:
     """Components by kind and name, plus the plugin manager that resolves families."""
@@ -145,17 +173,26 @@ class Registry:
     components: dict[tuple[str, str], Component] = field(default_factory=dict)
     families: dict[tuple[str, str], Family] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    builtins: set[str] = field(default_factory=set)
 
-    def _insert(self, item: Component | Family) -> None:
-        key = (item.kind, item.name if isinstance(item, Component) else item.prefix)
-        table: dict[Any, Any] = self.components if isinstance(item, Component) else self.families
-        if key in table:
-            other = table[key]
-            raise DuplicateComponentError(
-                f"{item.kind} {key[1]!r} is registered twice: by plugin {other.plugin!r} "
-                f"({other.distribution}) and by plugin {item.plugin!r} ({item.distribution})"
-            )
-        table[key] = item
+    def _table(self, item: Item) -> dict[tuple[str, str], Any]:
+        return self.components if isinstance(item, Component) else self.families
+
+    def _clashes(self, items: list[Item]) -> list[tuple[Item, Item]]:
+        """(item, holder) for each of `items` whose name is taken, in the registry or earlier in `items`."""
+        staged: dict[tuple[bool, str, str], Item] = {}
+        clashes = []
+        for item in items:
+            key = (isinstance(item, Component), *_key(item))
+            holder = self._table(item).get(key[1:]) or staged.get(key)
+            if holder is not None:
+                clashes.append((item, holder))
+            else:
+                staged[key] = item
+        return clashes
+
+    def _insert(self, item: Item) -> None:
+        self._table(item)[_key(item)] = item
 
     def names(self, kind: str) -> list[str]:
         """Sorted names registered directly for `kind` (families excluded)."""
@@ -174,9 +211,9 @@ class Registry:
         found = self.components.get((kind, name))
         if found is not None:
             return found
-        hook = self.plugin_manager.hook.diffkit_resolve
-        for impl in reversed(hook.get_hookimpls()):  # pluggy's call order
-            factory = _call(impl, kind=kind, name=name)
+        impls = reversed(self.plugin_manager.hook.diffkit_resolve.get_hookimpls())  # pluggy's call order
+        for impl in sorted(impls, key=lambda impl: impl.plugin_name not in self.builtins):  # built-ins first
+            factory = self._resolve(impl, kind, name)
             if factory is not None:
                 plugin = impl.plugin_name
                 return Component(
@@ -191,14 +228,34 @@ class Registry:
         )
         raise UnknownComponentError(f"unknown {kind} {name!r}; {hint} (see `diffkit list {kind}`)")
 
+    def _resolve(self, impl: pluggy.HookImpl, kind: str, name: str) -> Callable[..., Any] | None:
+        """One resolve hook's answer; a third-party hook that raises is a `PluginError` naming it."""
+        if impl.plugin_name in self.builtins:
+            return _call(impl, kind=kind, name=name)
+        try:
+            return _call(impl, kind=kind, name=name)
+        except Exception as error:
+            where = f"plugin {impl.plugin_name!r} ({self.distributions.get(impl.plugin_name, '?')})"
+            raise PluginError(f"{where} failed to resolve {kind} {name!r}: {error}") from None
+
     def build(self, kind: str, name: str, options: Mapping[str, Any], *args: Any) -> Any:
-        """Resolve, parse options and construct a component; bad values raise OptionError."""
+        """Resolve, parse options and construct a component; bad values raise OptionError.
+
+        Any other exception of a third-party factory is a `PluginError` naming its plugin.
+        """
         component = self.get(kind, name)
         kwargs = parse_options(kind, name, component.factory, options)
         try:
             return component.factory(*args, **kwargs)
         except (ValueError, TypeError) as error:
             raise OptionError(f"{kind} {name!r}: {error}") from None
+        except DiffkitError:
+            raise
+        except Exception as error:
+            if component.plugin in self.builtins:
+                raise
+            where = f"plugin {component.plugin!r}, {component.distribution}"
+            raise PluginError(f"{kind} {name!r} ({where}) failed to build: {error}") from None
 
     def listing(self, kind: str | None = None) -> list[Component | Family]:
         """Every component and family (of `kind`, if given), sorted by kind and name."""
@@ -241,8 +298,11 @@ def build_registry(
             `DIFFKIT_DISABLE_PLUGIN_AUTOLOAD` is set). Built-ins always load.
         plugins: extra plugin objects or module import names to register.
 
-    A plugin that fails to import or register is skipped with a `PluginLoadWarning`
-    naming it; duplicate component names raise `DuplicateComponentError`.
+    A plugin that fails to import or register, or registers a name already taken, is skipped
+    as a whole with one `PluginLoadWarning` naming it (built-ins register first and win).
+
+    Raises:
+        DuplicateComponentError: two built-in plugins register the same name (a bug in diffkit).
     """
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
@@ -269,6 +329,8 @@ def build_registry(
             _warn(registry, f"diffkit plugin {entry_point.name!r} ({label}) failed to load: {error}")
             continue
         registry.distributions[entry_point.name] = label
+        if _is_builtin(dist):
+            registry.builtins.add(entry_point.name)
 
     for plugin in [*plugins, *_env_list(_ENV_PLUGINS)]:
         plugin_name = plugin if isinstance(plugin, str) else getattr(plugin, "__name__", repr(plugin))
@@ -282,14 +344,39 @@ def build_registry(
             continue
         registry.distributions[plugin_name] = "local module"
 
-    # registration order (built-ins, third parties, then `plugins`), so a duplicate names the earlier first
-    for impl in manager.hook.diffkit_register.get_hookimpls():
-        registrar = Registrar(registry, impl.plugin_name, registry.distributions.get(impl.plugin_name, "?"))
-        try:
-            _call(impl, registrar=registrar)
-        except Exception as error:
-            _warn(registry, f"diffkit plugin {impl.plugin_name!r} failed to register: {error}")
-            manager.unregister(name=impl.plugin_name)  # its other hooks (resolve) go too
-            continue
-        registrar._commit()
+    # registration order (built-ins, third parties, then `plugins`; tryfirst/trylast cannot
+    # move a third party before a built-in), so the earlier plugin keeps a name
+    impls = manager.hook.diffkit_register.get_hookimpls()
+    for impl in sorted(impls, key=lambda impl: impl.plugin_name not in registry.builtins):
+        _register(registry, impl)
     return registry
+
+
+def _register(registry: Registry, impl: pluggy.HookImpl) -> None:
+    """Run one plugin's `diffkit_register`; commit all of it, or skip all of it with a warning."""
+    name = impl.plugin_name
+    distribution = registry.distributions.get(name, "?")
+    registrar = Registrar(registry, name, distribution)
+    plugin = f"diffkit plugin {name!r}" + ("" if distribution == "local module" else f" ({distribution})")
+    try:
+        _call(impl, registrar=registrar)
+    except Exception as error:
+        _warn(registry, f"{plugin} failed to register: {error}")
+        registry.plugin_manager.unregister(name=name)  # its other hooks (resolve) go too
+        return
+    clashes = registry._clashes(registrar._staged)
+    if clashes and name in registry.builtins:
+        item, holder = clashes[0]
+        raise DuplicateComponentError(
+            f"{_describe(item)} is registered twice: by plugin {holder.plugin!r} "
+            f"({holder.distribution}) and by plugin {name!r} ({distribution})"
+        )
+    if clashes:
+        taken = "; ".join(
+            f"{_describe(item)} is already registered by plugin {holder.plugin!r} ({holder.distribution})"
+            for item, holder in clashes
+        )
+        _warn(registry, f"{plugin} skipped: {taken}")
+        registry.plugin_manager.unregister(name=name)
+        return
+    registrar._commit()

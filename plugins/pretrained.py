@@ -1,12 +1,15 @@
-"""Shipped pretrained models `digits` (8x8 digits, VP, U-Net) and `moons` (2-D toy, VP, MLP).
+"""Shipped pretrained models `digits` (8x8 digits, VP, U-Net), `digits-cond` (the same,
+class-conditional: `--cond 0..9`), `moons` (2-D toy, VP, MLP) and `photos` (8x8 RGB patches of
+scikit-learn's sample photos, VP, U-Net; for `diffkit colorize`).
 
-Both were trained by `diffkit train` (the commands are in the README) and live inside the package
+All were trained by `diffkit train` (the commands are in the README) and live inside the package
 (`diffkit/pretrained/<name>/`), read through `importlib.resources`. A model only means something
 on the process it was trained on, so any other process is refused with a message naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import resources
 
@@ -24,6 +27,8 @@ def load_pretrained(name: str, process: NoiseProcess) -> ScoreModel:
         trained_name = str(record["process"]["name"])
         trained_options = dict(record["process"].get("options", {}))
         trained = registry.build("process", trained_name, trained_options)
+        if hasattr(trained, "t_min") and hasattr(process, "t_min"):  # the end time is the user's choice
+            trained = dataclasses.replace(trained, t_min=process.t_min)
         if trained != process:  # the registry prefixes "model '<name>':"
             flags = "".join(f" --sde-opt {k}={v}" for k, v in trained_options.items())
             raise UsageError(
@@ -45,6 +50,16 @@ def digits(process: NoiseProcess) -> ScoreModel:
     return load_pretrained("digits", process)
 
 
+def digits_cond(process: NoiseProcess) -> ScoreModel:
+    """Class-conditional 8x8 digits U-Net (`--cond 0..9`, null class 10) on the `vp` process."""
+    return load_pretrained("digits-cond", process)
+
+
+def photos(process: NoiseProcess) -> ScoreModel:
+    """8x8 RGB photo-patch U-Net (v-prediction) trained on the `vp` process; for `diffkit colorize`."""
+    return load_pretrained("photos", process)
+
+
 def moons(process: NoiseProcess) -> ScoreModel:
     """2-D two-moons MLP (v-prediction) trained on the `vp` process with `diffkit train`."""
     return load_pretrained("moons", process)
@@ -54,4 +69,8 @@ def moons(process: NoiseProcess) -> ScoreModel:
 def diffkit_register(registrar: Registrar) -> None:
     """Register the shipped models `digits` and `moons`."""
     registrar.add_model("digits", digits, summary="shipped 8x8 digits U-Net (VP, v-prediction)")
+    registrar.add_model(
+        "digits-cond", digits_cond, summary="shipped class-conditional 8x8 digits U-Net (--cond 0..9, VP)"
+    )
     registrar.add_model("moons", moons, summary="shipped two-moons MLP (VP, v-prediction)")
+    registrar.add_model("photos", photos, summary="shipped 8x8 RGB photo-patch U-Net (VP, v-prediction)")

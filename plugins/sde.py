@@ -40,7 +40,7 @@ from diffkit import Capabilities, NoiseProcess, Registrar, SampleResult, ScoreMo
 from diffkit.dynamics import reverse_drift
 from diffkit.grid import check_grid
 from diffkit.precision import schedule_dtype
-from diffkit.sampler import Callback
+from diffkit.sampler import VE_LOG_SNR, Callback
 from diffkit.stepping import local_generator
 
 
@@ -165,8 +165,9 @@ class SDESampler:
             order=info.order,
             adaptive=False,
             nfe_per_step=info.nfe_per_step,
-            default_grid="uniform",
+            default_grid="quadratic",  # as `em`: short late steps (spread 1.023 vs 1.052 uniform)
             default_steps=500,
+            grid_by_feature=VE_LOG_SNR,
         )
 
     def __call__(

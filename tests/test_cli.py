@@ -179,7 +179,7 @@ def test_unwritable_out(tmp_path: Path) -> None:
 def test_bad_x_init(tmp_path: Path) -> None:
     np.save(tmp_path / "wrong.npy", np.zeros((5, 3)))
     result = invoke(
-        "sample", *FAST, "--x-init", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "s.npz")
+        "sample", "--no-plot", "--x-init", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "s.npz")
     )
     assert_one_line_error(result, 2, "--x-init has shape (5, 3), but model 'gmm:ring8' needs (N, 2)")
     result = invoke(

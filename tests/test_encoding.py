@@ -96,7 +96,7 @@ def test_encode_decode_cli_round_trip(registry, tmp_path: Path) -> None:  # noqa
     [
         (("likelihood", "--data", "missing.npy"), "file not found"),
         (("likelihood", "--data", "{bad}"), "needs (N, 2)"),
-        (("likelihood", "--method", "vlb"), "discrete process"),
+        (("likelihood", "--sde", "ve", "--method", "vlb"), "VP-family process"),
         (("likelihood", "--divergence", "sometimes"), "--divergence"),
         (("encode", "--data", "{bad}", "--out", "{out}"), "needs (N, 2)"),
         (("decode", "--latents", "missing.npz", "--out", "{out}"), "file not found"),

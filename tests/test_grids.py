@@ -103,8 +103,8 @@ def test_karras_rejects_non_positive_rho(registry):
         ([1.0], "a time grid must be 1-D with at least 2 points, got shape (1,)"),
         ([1.0, 0.5, 0.5, 0.1], "a time grid must be strictly descending"),
         ([0.1, 0.5, 1.0], "a time grid must be strictly descending"),
-        ([1.5, 0.5, 0.1], "time grid [1.5, 0.1] leaves the process range [0.001, 1.0]"),
-        ([1.0, 0.5, 0.0], "time grid [1.0, 0.0] leaves the process range [0.001, 1.0]"),
+        ([1.5, 0.5, 0.1], "time grid [1.5, 0.1] leaves the process range [0.0001, 1.0]"),
+        ([1.0, 0.5, 0.0], "time grid [1.0, 0.0] leaves the process range [0.0001, 1.0]"),
     ],
 )
 def test_check_grid_rejects_bad_grids(registry, values, message):

@@ -59,7 +59,10 @@ OBJECTIVES = {
 @pytest.mark.parametrize("process_name", ["vp", "ve", "ddpm"])
 @pytest.mark.parametrize("model_name", ["gmm:ring8", "gmm:two-modes"])
 def test_exact_eps_beats_every_perturbation(registry, objective, process_name, model_name):
-    process = registry.build("process", process_name, {})
+    # vp ends at t_min = 1e-3 here: without importance sampling, the likelihood-weighted loss has
+    # weight g^2 / sigma^2 ~ 1 / t near 0, so its per-example variance grows like 1 / t_min and at the
+    # default 1e-4 the noisy perturbation's 1% excess drowns in the cross term's noise at this batch.
+    process = registry.build("process", process_name, {"t_min": 1e-3} if process_name == "vp" else {})
     model = registry.build("model", model_name, {}, process)
     x0 = model.sample_data(BATCH, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     loss = OBJECTIVES[objective]

@@ -134,7 +134,7 @@ def test_wheel_ships_the_metric_classifiers(wheel: Path) -> None:
 def test_wheel_ships_the_pretrained_models_and_the_install_loads_them(target: Path, wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    for name in ("digits", "moons"):
+    for name in ("digits", "digits-cond", "moons", "photos"):
         for file in ("model.safetensors", "config.json"):
             assert f"diffkit/pretrained/{name}/{file}" in names
     script = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,28 @@ def test_digits_samples_have_the_data_statistics(registry):
 def test_shipped_models_refuse_another_process(registry):
     with pytest.raises(UsageError, match="trained on process 'vp'.*sample it with --sde vp"):
         sample(SampleConfig(process="ve", model="digits", num_samples=2), registry=registry)
+
+
+def test_end_time_is_the_users_choice_but_the_schedule_is_not(registry, tmp_path: Path):
+    """t_min only bounds the sampler's range: another end time samples, another beta_max is refused."""
+    config = SampleConfig(
+        model="digits", solver="ddim", steps=5, num_samples=2, process_options={"t_min": 1e-3}
+    )
+    run = sample(config, registry=registry)
+    assert float(run.composition.grid[-1]) == pytest.approx(1e-3)
+    with pytest.raises(UsageError, match="trained on process 'vp'.*beta_max=20.0.*beta_max=10.0"):
+        sample(replace(config, process_options={"beta_max": 10.0}), registry=registry)
+    from diffkit.train import TrainConfig, train
+
+    train(
+        TrainConfig(iters=2, batch_size=4, sample_every_checkpoint=False), tmp_path / "run", registry=registry
+    )
+    for options in ({"t_min": 1e-2}, {}):
+        sample(replace(config, model=str(tmp_path / "run"), process_options=options), registry=registry)
+    with pytest.raises(UsageError, match="was trained on process 'vp'"):
+        sample(
+            replace(config, model=str(tmp_path / "run"), process_options={"beta_min": 0.2}), registry=registry
+        )
 
 
 def test_cli_writes_a_digits_grid(tmp_path: Path):

@@ -19,7 +19,7 @@ import pluggy
 import pytest
 
 import diffkit
-from diffkit import DuplicateComponentError, OptionError, PluginLoadWarning, UnknownComponentError
+from diffkit import OptionError, PluginLoadWarning, UnknownComponentError
 from diffkit.registry import Registrar, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,26 +160,30 @@ def test_plugin_modules_hold_no_registry_and_registering_leaves_them_untouched()
 # ---- duplicates and blocking -----------------------------------------------------------------
 
 
-def test_duplicate_names_raise_naming_both_plugins() -> None:
-    def add_twin(registrar: Registrar) -> None:
+def test_a_duplicate_name_skips_the_later_plugin_whole_with_one_warning_naming_both() -> None:
+    def add_twin_and_own(registrar: Registrar) -> None:
         registrar.add_sampler("twin", ToySampler)
+        registrar.add_sampler("own", ToySampler)
 
-    with pytest.raises(DuplicateComponentError) as caught:
-        only([plugin("first", add_twin), plugin("second", add_twin)])
-    assert str(caught.value) == (
-        "sampler 'twin' is registered twice: by plugin 'first' (local module) "
-        "and by plugin 'second' (local module)"
-    )
+    first = plugin("first", lambda registrar: registrar.add_sampler("twin", ToySampler))
+    with pytest.warns(PluginLoadWarning) as caught:
+        registry = only([first, plugin("second", add_twin_and_own)])
+    assert [str(w.message) for w in caught] == [
+        "diffkit plugin 'second' skipped: "
+        "sampler 'twin' is already registered by plugin 'first' (local module)"
+    ]
+    assert registry.get("sampler", "twin").plugin == "first"
+    assert registry.names("sampler") == ["twin"]  # nothing of `second` stays
 
 
-def test_duplicate_of_a_builtin_names_the_builtin_and_its_distribution() -> None:
+def test_duplicate_of_a_builtin_is_skipped_and_the_builtin_wins() -> None:
     clash = plugin("clash", lambda registrar: registrar.add_process("vp", ToySampler))
-    with pytest.raises(DuplicateComponentError) as caught:
-        diffkit.build_registry(autoload=False, plugins=[clash])
-    assert str(caught.value) == (
-        "process 'vp' is registered twice: by plugin 'vp' (diffkit 0.1.0) "
-        "and by plugin 'clash' (local module)"
-    )
+    with pytest.warns(PluginLoadWarning) as caught:
+        registry = diffkit.build_registry(autoload=False, plugins=[clash])
+    assert [str(w.message) for w in caught] == [
+        "diffkit plugin 'clash' skipped: process 'vp' is already registered by plugin 'vp' (diffkit 0.1.0)"
+    ]
+    assert registry.get("process", "vp").distribution == BUILTIN_DIST
 
 
 def test_block_argument_removes_a_builtin() -> None:

@@ -153,7 +153,7 @@ def test_names_and_options(registry: diffkit.Registry) -> None:
     assert (
         srk.capabilities.stochastic and srk.capabilities.nfe_per_step == 2 and srk.capabilities.order == 2.0
     )
-    assert srk.capabilities.default_grid == "uniform" and srk.capabilities.default_steps == 500
+    assert srk.capabilities.default_grid == "quadratic" and srk.capabilities.default_steps == 500
     assert {f"sde:{m}" for m in sde_plugin.SDE_METHODS} <= set(registry.family_examples("sampler"))
     with pytest.raises(UnknownComponentError):
         registry.get("sampler", "sde:foo")

@@ -87,7 +87,7 @@ def test_registry_finds_the_installed_plugin_and_its_sampler_works(site: Path, t
     assert report["module"] == "diffkit_example_plugin.pf_euler"
     assert report["capabilities"] == [False, 1.0]
     assert (report["nfe"], report["steps"], report["callback"]) == (200, 200, [[0, 1], [1, 2]])
-    assert report["last_t"] == pytest.approx(1e-3)
+    assert report["last_t"] == pytest.approx(1e-4)
     assert report["std"] == pytest.approx([0.5, 0.5], abs=0.03)  # the ODE maps the prior onto the data
 
 

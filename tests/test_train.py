@@ -118,6 +118,7 @@ def test_cli_train_then_sample_from_the_folder(tmp_path: Path):
     assert result.exit_code == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        ".checkpoints",  # the complete copy of the checkpoint (hard links), see test_train_atomic.py
         "config.json",
         "history.json",
         "loss.png",

@@ -194,13 +194,18 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary["skipped"]:
         parts += ["", "## Skipped", ""]
         parts += [f"- {s['solver']} at {s['budget']} NFE: {s['reason']}" for s in summary["skipped"]]
+    if summary.get("failed"):
+        parts += ["", "## Failed runs (retried on the next run of the same command)", ""]
+        parts += [
+            f"- {label(f)} at {f['budget']} NFE, seed {f['seed']}: {f['error']}" for f in summary["failed"]
+        ]
     return "\n".join(parts) + "\n"
 
 
 def build_summary(
     config: Any, rows: list[dict[str, Any]], skipped: list[Any], **extra: Any
 ) -> dict[str, Any]:
-    """The summary object (`--json`, summary.json): setup, floors, cells, best per budget, skips.
+    """The summary object (`--json`, summary.json): setup, floors, cells, best per budget, skips, failures.
 
     Args:
         config: the `BenchConfig`.
@@ -221,6 +226,11 @@ def build_summary(
         "skipped": [
             {"implementation": s.implementation, "solver": s.solver, "budget": s.budget, "reason": s.reason}
             for s in skipped
+        ],
+        "failed": [
+            {name: row.get(name) for name in ("implementation", "solver", "budget", "seed", "error")}
+            for row in rows
+            if row.get("status") != "ok"
         ],
     }
     summary["best"] = {str(b): name for b, name in best_per_budget(cells, config.metric).items()}

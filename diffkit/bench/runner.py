@@ -9,8 +9,9 @@ arithmetic, the model wrapper's schedule lookups and parameterization conversion
 adapter). On CUDA the timer synchronises around each call, which adds a little to the overhead.
 
 diffkit's runner calls the composed sampler directly, without the per-step NaN-check callback
-that `diffkit.api.sample` adds (peers have none): samples are finite-checked once at the end,
-outside the timing, so the overheads of diffkit and peers are measured alike. The samples are
+that `diffkit.api.sample` adds (peers have none): the result is checked once at the end
+(`diffkit.sampler.check_result`: shape, dtype, finiteness, counts), outside the timing, so the
+overheads of diffkit and peers are measured alike. The samples are
 exactly those of `diffkit sample` with the same noise and seed (same generator seeding).
 """
 
@@ -25,10 +26,10 @@ import torch
 from diffkit.api import SampleConfig, compose, sample, sampler_seed
 from diffkit.bench.plan import SolverPlan
 from diffkit.bench.spec import DIFFKIT, BenchConfig, RunSpec
-from diffkit.errors import SamplingError
 from diffkit.model import ScoreModel
 from diffkit.provenance import jsonable
 from diffkit.registry import Registry
+from diffkit.sampler import check_result
 
 
 @dataclass
@@ -171,7 +172,7 @@ class DiffkitRunner:
         """Sample from `noise` `(N, *data_shape)`, timing the network apart from the sampler.
 
         Raises:
-            SamplingError: the samples contain NaN or Inf.
+            PluginError: the sampler's result is wrong (shape, dtype, counts) or not finite.
         """
         timing = TimingRegistry(self.registry)
         config = self.sample_config(spec)
@@ -184,8 +185,7 @@ class DiffkitRunner:
         result = comp.sampler(comp.model, comp.process, x, grid, generator=generator)
         synchronize(comp.device)
         seconds = time.perf_counter() - start
-        if not bool(torch.isfinite(result.x).all()):
-            raise SamplingError(f"solver {spec.solver!r} returned NaN or Inf samples")
+        check_result(result, x, spec.solver, self.registry)
         model_seconds = sum(timer.seconds for timer in timing.timers)
         resolved = asdict(config) | {
             "num_samples": x.shape[0],

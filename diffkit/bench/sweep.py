@@ -185,11 +185,17 @@ def run_one(state: _Sweep, spec: RunSpec, plan: SolverPlan) -> dict[str, Any]:
     try:
         out = state.run(spec)
     except Exception as error:  # noqa: BLE001 - recorded in the row, never swallowed silently
-        message = str(error) if isinstance(error, DiffkitError) else f"{type(error).__name__}: {error}"
-        return row | {"status": "failed", "error": message, "finished_at": _now()}
+        return failed_row(row, error)
     reference = None if plan.stochastic else state.reference(spec, plan.denoise_final)
     metrics = score(out.samples, state.model, sets, reference_path=reference)
     return row | _timings(out) | metrics | {"status": "ok", "error": None, "finished_at": _now()}
+
+
+def failed_row(row: dict[str, Any], error: Exception) -> dict[str, Any]:
+    """`row` marked failed: status "failed" and the error's one-line message (a re-run retries it)."""
+    message = str(error) if isinstance(error, DiffkitError) else f"{type(error).__name__}: {error}"
+    first = message.splitlines()[0] if message else ""
+    return row | {"status": "failed", "error": first, "finished_at": _now()}
 
 
 def _now() -> str:
@@ -199,9 +205,15 @@ def _now() -> str:
 def _run_pending(
     state: _Sweep, spec: RunSpec, plan: SolverPlan, skipped: list[Skipped]
 ) -> dict[str, Any] | None:
-    """The row of one pending spec, or None if an adaptive solver cannot meet its budget."""
+    """The row of one pending spec, or None if an adaptive solver cannot meet its budget.
+
+    A solver that fails while its tolerance is calibrated gets a failed row, like a failed run.
+    """
     if plan.adaptive:
-        tolerance = state.tolerance(spec)
+        try:
+            tolerance = state.tolerance(spec)
+        except Exception as error:  # noqa: BLE001 - recorded in the row
+            return failed_row(_row(spec, plan, state.config), error)
         if tolerance is None:
             if spec.seed == state.config.seeds[0]:
                 reason = f"no tolerance down to {TOLERANCES[-1]:g} uses at most {spec.budget} NFE"

@@ -47,22 +47,24 @@ def _log_diff_ndtr(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
 
 
 def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
+    x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, *, half_width: float = BIN_HALF_WIDTH
 ) -> torch.Tensor:
-    """log P(x) of 8-bit data in [-1, 1] under a Gaussian integrated over each bin (Ho et al. 2020, eq. 13).
+    """log P(x) of K-level data in [-1, 1] under a Gaussian integrated over each bin (Ho et al. 2020, eq. 13).
 
-    The bin of x is `[x - 1/255, x + 1/255]`, with the outermost bins extended to -inf (x = -1)
-    and +inf (x = 1), so the 256 probabilities sum to one. Uses the exact normal CDF in log space
-    (not the tanh approximation of the reference code).
+    The bin of x is `[x - h, x + h]` with `h = half_width = 1 / (K - 1)` (8-bit data: 1/255),
+    the outermost bins extended to -inf (x = -1) and +inf (x = 1), so the K probabilities sum to
+    one. Uses the exact normal CDF in log space (not the tanh approximation of the reference code).
 
     Args:
-        x: data on the grid `(2 k / 255 - 1)`, any shape.
+        x: data on the grid `(2 k / (K - 1) - 1)`, any shape.
         mean, log_var: decoder mean and log-variance, broadcastable to `x`.
+        half_width: half the bin width h on the [-1, 1] scale.
 
     Returns:
         elementwise log-probabilities (nats), `x`'s shape.
     """
     inv_std = torch.exp(-0.5 * log_var)
-    upper = torch.where(x > 1.0 - 1e-3, torch.full_like(x, math.inf), (x - mean + BIN_HALF_WIDTH) * inv_std)
-    lower = torch.where(x < -1.0 + 1e-3, torch.full_like(x, -math.inf), (x - mean - BIN_HALF_WIDTH) * inv_std)
+    edge = 1.0 - min(half_width, 1e-3)  # the outermost grid points, +-1, and nothing inside
+    upper = torch.where(x > edge, torch.full_like(x, math.inf), (x - mean + half_width) * inv_std)
+    lower = torch.where(x < -edge, torch.full_like(x, -math.inf), (x - mean - half_width) * inv_std)
     return _log_diff_ndtr(upper, lower)

@@ -1,11 +1,11 @@
 """The discrete variational bound L_vlb and improved DDPM's hybrid objective with learned variance.
 
-For a `discrete` process with alpha_bar_1..alpha_bar_N at knots t_i = i / N (alpha_bar_0 = 1),
+For a DDPM chain with alpha_bar_1..alpha_bar_N at knots i = 1..N (alpha_bar_0 = 1),
 beta_i = 1 - alpha_bar_i / alpha_bar_{i-1} and (Ho et al. 2020, eqs. 5-7)
 
     L_vlb = L_0 + sum_{i=2..N} L_{i-1} + L_N,
     L_{i-1} = KL(q(x_{i-1} | x_i, x0) || p(x_{i-1} | x_i)),   L_N = KL(q(x_N | x0) || N(0, I)),
-    L_0 = -log p(x0 | x_1)   (discretized Gaussian for 8-bit data in [-1, 1], eq. 13),
+    L_0 = -log p(x0 | x_1)   (discretized Gaussian for K-level data in [-1, 1], eq. 13),
 
 with the posterior q(x_{i-1} | x_i, x0) = N(c0_i x0 + ct_i x_i, beta_tilde_i), c0_i =
 sqrt(alpha_bar_{i-1}) beta_i / (1 - alpha_bar_i), ct_i = sqrt(1 - beta_i)(1 - alpha_bar_{i-1}) /
@@ -18,69 +18,33 @@ Output convention for a learned variance: the network returns twice x's channels
 `cat([mean_output, v], dim=1)`; `mean_output` means the model's `kind` (eps, x0, v or score) and
 `v` is the raw interpolation value per dimension (eq. 15, not squashed; v = 0 is beta_tilde and
 v = 1 is beta). All terms are in nats, summed over the data dimensions.
+
+The chain is `diffkit.losses.chain.DiscreteSchedule.of(process, N)`: a discrete process's own
+knots, or the N-step DDPM chain of a continuous VP-family SDE (`vp`, `subvp`), whose model is
+called at the time where its process has the chain's SNR.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from diffkit.losses.chain import DiscreteSchedule
 from diffkit.losses.dsm import perturb
-from diffkit.losses.gaussian import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl
+from diffkit.losses.gaussian import (
+    BIN_HALF_WIDTH,
+    discretized_gaussian_log_likelihood,
+    gaussian_log_likelihood,
+    normal_kl,
+)
 from diffkit.model import Prediction, ScoreModel
 from diffkit.shapes import append_dims, sum_except_batch
 
 Variance = Literal["beta", "beta_tilde", "learned"]
 Decoder = Literal["discretized", "gaussian"]
-
-
-@dataclass(frozen=True)
-class DiscreteSchedule:
-    """Float64 tables `(N,)` of a discrete process, index i - 1 for knot i = 1..N."""
-
-    alpha_bar: torch.Tensor
-
-    @classmethod
-    def of(cls, process: Any) -> DiscreteSchedule:
-        """The schedule of a process with the "discrete" feature (e.g. `ddpm`)."""
-        if "discrete" not in getattr(process, "features", ()):
-            raise ValueError(f"the variational bound needs a discrete process, got {type(process).__name__}")
-        return cls(process.alpha_bar_table.to(torch.float64))
-
-    @property
-    def alpha_bar_prev(self) -> torch.Tensor:
-        """alpha_bar_{i-1} (alpha_bar_0 = 1)."""
-        return torch.cat([self.alpha_bar.new_ones(1), self.alpha_bar[:-1]])
-
-    @property
-    def beta(self) -> torch.Tensor:
-        """beta_i = 1 - alpha_bar_i / alpha_bar_{i-1}."""
-        return 1.0 - self.alpha_bar / self.alpha_bar_prev
-
-    @property
-    def beta_tilde(self) -> torch.Tensor:
-        """Posterior variance beta_tilde_i (Ho et al. 2020, eq. 7); 0 at i = 1."""
-        return self.beta * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
-
-    @property
-    def log_beta_tilde_clipped(self) -> torch.Tensor:
-        """log beta_tilde_i with the i = 1 entry (log 0) replaced by log beta_tilde_2."""
-        beta_tilde = self.beta_tilde
-        return torch.log(torch.cat([beta_tilde[1:2], beta_tilde[1:]]))
-
-    @property
-    def coef_x0(self) -> torch.Tensor:
-        """c0_i = sqrt(alpha_bar_{i-1}) beta_i / (1 - alpha_bar_i)."""
-        return self.alpha_bar_prev.sqrt() * self.beta / (1.0 - self.alpha_bar)
-
-    @property
-    def coef_xt(self) -> torch.Tensor:
-        """ct_i = sqrt(1 - beta_i) (1 - alpha_bar_{i-1}) / (1 - alpha_bar_i)."""
-        return (1.0 - self.beta).sqrt() * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
 
 
 def _at(table: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -112,6 +76,7 @@ def step_term(
     log_var: torch.Tensor,
     *,
     decoder: Decoder = "discretized",
+    half_width: float = BIN_HALF_WIDTH,
 ) -> torch.Tensor:
     """L_{i-1} `(B,)`: KL(q(x_{i-1}|x_i,x0) || p(x_{i-1}|x_i)) for i >= 2, -log p(x0|x_1) for i = 1.
 
@@ -123,7 +88,8 @@ def step_term(
         index: knots i `(B,)` (long, 1..N).
         x0, x_t, x0_hat: data, noisy data at knot i, and the model's x0 estimate, `(B, *dims)`.
         log_var: model log-variance, broadcastable to `(B, *dims)`.
-        decoder: "discretized" (8-bit data in [-1, 1]) or "gaussian".
+        decoder: "discretized" (K-level data in [-1, 1]) or "gaussian".
+        half_width: the discretized decoder's half bin, 1 / (K - 1) (8-bit data: 1/255).
 
     Returns:
         per-sample term in nats `(B,)`.
@@ -132,7 +98,7 @@ def step_term(
     mean_q, mean_p = c0 * x0 + ct * x_t, c0 * x0_hat + ct * x_t
     kl = normal_kl(mean_q, _at(schedule.log_beta_tilde_clipped, index, x0), mean_p, log_var)
     if decoder == "discretized":
-        nll = -discretized_gaussian_log_likelihood(x0, mean_p, log_var.expand_as(x0))
+        nll = -discretized_gaussian_log_likelihood(x0, mean_p, log_var.expand_as(x0), half_width=half_width)
     elif decoder == "gaussian":
         nll = -gaussian_log_likelihood(x0, mean_p, log_var)
     else:
@@ -150,20 +116,29 @@ def prior_term(schedule: DiscreteSchedule, x0: torch.Tensor) -> torch.Tensor:
 
 
 def _evaluate(
-    model: ScoreModel, x0: torch.Tensor, index: torch.Tensor, variance: Variance, generator: Any, cond: Any
-) -> tuple[Prediction, torch.Tensor, Any]:
-    """Noise x0 to knots `index`, run the model; returns (mean prediction, eps, v or None).
+    model: ScoreModel,
+    x0: torch.Tensor,
+    schedule: DiscreteSchedule,
+    index: torch.Tensor,
+    variance: Variance,
+    generator: Any,
+    cond: Any,
+) -> tuple[Prediction, torch.Tensor, torch.Tensor, Any]:
+    """Noise x0 to knots `index`, run the model at t_i; returns (prediction, x_i, eps, v or None).
 
-    A learned variance comes from the model itself (`ScoreModel(learned_variance=True)` splits
-    the network output), so the losses never re-split it.
+    `x_i` is the chain's state `sqrt(alpha_bar_i) x0 + sqrt(1 - alpha_bar_i) eps`; the model sees
+    `scale_i x_i` (the same point in its own process's units). A learned variance comes from the
+    model itself (`ScoreModel(learned_variance=True)` splits the network output), so the losses
+    never re-split it.
     """
-    t = index.to(torch.float64) / model.process.num_steps
+    t = schedule.times.to(x0.device)[index - 1]
     prediction, eps = perturb(model, x0, t, generator, cond)
+    x_i = prediction.x if schedule.scale is None else prediction.x / _at(schedule.scale, index, x0)
     if variance != "learned":
-        return prediction, eps, None
+        return prediction, x_i, eps, None
     if prediction.variance_interpolation is None:
         raise ValueError("variance='learned' needs a model built with ScoreModel(learned_variance=True)")
-    return prediction, eps, prediction.variance_interpolation
+    return prediction, x_i, eps, prediction.variance_interpolation
 
 
 def _knot_term(
@@ -175,11 +150,12 @@ def _knot_term(
     decoder: Decoder,
     generator: Any,
     cond: Any,
+    half_width: float = BIN_HALF_WIDTH,
 ) -> torch.Tensor:
     """L_{i-1} `(B,)` at knots `index`: one model call on a fresh x_i ~ q(x_i | x0)."""
-    prediction, _, v = _evaluate(model, x0, index, variance, generator, cond)
+    prediction, x_i, _, v = _evaluate(model, x0, schedule, index, variance, generator, cond)
     log_var = model_log_variance(schedule, index, x0, variance, v)
-    return step_term(schedule, index, x0, prediction.x, prediction.x0, log_var, decoder=decoder)
+    return step_term(schedule, index, x0, x_i, prediction.x0, log_var, decoder=decoder, half_width=half_width)
 
 
 def vlb_terms(
@@ -190,17 +166,21 @@ def vlb_terms(
     decoder: Decoder = "discretized",
     generator: torch.Generator | None = None,
     cond: Any = None,
+    num_steps: int | None = None,
+    half_width: float = BIN_HALF_WIDTH,
 ) -> torch.Tensor:
     """Every term of L_vlb `(B, N + 1)`: L_0, L_1, ..., L_{N-1}, then L_N (Ho et al. 2020, eq. 5).
 
     One fresh x_i ~ q(x_i | x0) per knot (N model calls); the row sum is an unbiased estimate of
-    the bound on -log p_theta(x0) in nats.
+    the bound on -log p_theta(x0) in nats. The chain is `DiscreteSchedule.of(model.process,
+    num_steps)`: a continuous VP or sub-VP model is evaluated on its N-step DDPM chain.
+    `half_width` is the discretized decoder's half bin, `1 / (K - 1)` for K-level data.
     """
-    schedule = DiscreteSchedule.of(model.process)
+    schedule = DiscreteSchedule.of(model.process, num_steps)
     terms = []
     for i in range(1, len(schedule.alpha_bar) + 1):
         index = torch.full((x0.shape[0],), i, dtype=torch.long, device=x0.device)
-        terms.append(_knot_term(model, x0, schedule, index, variance, decoder, generator, cond))
+        terms.append(_knot_term(model, x0, schedule, index, variance, decoder, generator, cond, half_width))
     terms.append(prior_term(schedule, x0))
     return torch.stack(terms, dim=1)
 
@@ -252,10 +232,10 @@ def hybrid(
     """
     schedule = DiscreteSchedule.of(model.process)
     index = _random_knots(schedule, x0, generator)
-    prediction, eps, v = _evaluate(model, x0, index, "learned", generator, cond)
+    prediction, x_i, eps, v = _evaluate(model, x0, schedule, index, "learned", generator, cond)
     simple = (prediction.eps - eps).square().flatten(1).mean(1)
     frozen = dataclasses.replace(prediction, output=prediction.output.detach())
     log_var = model_log_variance(schedule, index, x0, "learned", v)
-    term = step_term(schedule, index, x0, frozen.x, frozen.x0, log_var, decoder=decoder)
+    term = step_term(schedule, index, x0, x_i, frozen.x0, log_var, decoder=decoder)
     bound = len(schedule.alpha_bar) * term + prior_term(schedule, x0)
     return simple + lam * bound / x0[0].numel()

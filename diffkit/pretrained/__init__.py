@@ -16,7 +16,7 @@ from pathlib import Path
 from diffkit.errors import UsageError
 
 #: The shipped models, each a subfolder of this package.
-NAMES: tuple[str, ...] = ("digits", "moons")
+NAMES: tuple[str, ...] = ("digits", "digits-cond", "moons", "photos")
 
 
 def export(run: str | Path, dest: str | Path) -> Path:

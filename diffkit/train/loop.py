@@ -19,16 +19,21 @@ from torch import nn
 
 from diffkit import parameterization as param
 from diffkit.data import Dataset
-from diffkit.errors import UsageError
+from diffkit.datafile import check_unchanged, resolve_dataset
+from diffkit.errors import OutputError, UsageError
 from diffkit.model import ScoreModel
 from diffkit.provenance import versions
 from diffkit.registry import Registry, build_registry
 from diffkit.train import checkpoint as ckpt
 from diffkit.train.config import TrainConfig
 from diffkit.train.ema import ema_decay, init_ema, update_ema
+from diffkit.train.generation import check_run_folder, log_event
 from diffkit.train.report import save_loss_curve, save_sample_grid
 
 Progress = Callable[[int, float], None]
+#: A checkpoint redraws loss.png only if this many seconds passed since the last plot (a plot
+#: costs ~0.2 s; `--checkpoint-every 1` would spend most of its time drawing).
+LOSS_PLOT_SECONDS = 30.0
 
 
 @dataclass
@@ -59,13 +64,16 @@ def step_seed(seed: int, iteration: int, stream: int) -> int:
     return (seed * 1_000_003 + iteration * 7 + stream + 1) % (2**63)
 
 
-def _setup(config: TrainConfig, registry: Registry, device: torch.device) -> _Setup:
-    """Build dataset, process, network and loss; check they fit together on a two-example batch."""
+def _setup(
+    config: TrainConfig, registry: Registry, device: torch.device, dataset: Dataset | None = None
+) -> _Setup:
+    """Build dataset (unless given), process, network and loss; check them on a two-example batch."""
     if config.kind not in param.KINDS:
         raise UsageError(
             f"unknown parameterization --kind {config.kind!r}; expected {', '.join(param.KINDS)}"
         )
-    dataset = registry.build("dataset", config.data, config.data_options)
+    if dataset is None:
+        dataset = resolve_dataset(registry, config.data, config.data_options)
     process = registry.build("process", config.process, config.process_options)
     loss = registry.build("loss", config.loss, config.loss_options)
     network = ckpt.build_network(
@@ -95,6 +103,9 @@ def _setup(config: TrainConfig, registry: Registry, device: torch.device) -> _Se
         process=process,
         data_shape=dataset.data_shape,
         learned_variance=learn_variance,
+        num_classes=0 if null_label is None else dataset.num_classes,
+        null_label=null_label,
+        score_scaling=ckpt.score_scaling_for(config.kind),
     )
     x0 = dataset.data[:2].to(device)
     cond = None if null_label is None else dataset.labels[:2].to(device)
@@ -118,10 +129,13 @@ def _record(config: TrainConfig, setup: _Setup, iteration: int) -> dict[str, Any
         "kind": config.kind,
         "learn_variance": setup.learn_variance,
         "process": {"name": config.process, "options": dict(config.to_dict()["process_options"])},
-        "dataset": {"name": config.data, "options": dict(config.to_dict()["data_options"])},
+        "dataset": {"name": config.data, "options": dict(config.to_dict()["data_options"])}
+        | dict(setup.dataset.source or {}),
         "data_shape": list(setup.dataset.data_shape),
         "value_range": setup.dataset.value_range,
-        "num_classes": 0 if setup.null_label is None else setup.null_label,
+        "num_classes": setup.model.num_classes,
+        "null_label": setup.null_label,
+        "score_scaling": setup.model.score_scaling,
         "loss": {"name": config.loss, "options": dict(config.to_dict()["loss_options"])},
         "seed": config.seed,
         "iteration": iteration,
@@ -130,11 +144,21 @@ def _record(config: TrainConfig, setup: _Setup, iteration: int) -> dict[str, Any
     }
 
 
-def _existing(out: Path, config: TrainConfig, resume: bool) -> ckpt.TrainingState | None:
-    """The state to resume from, if any; refuse a folder that holds a different recipe."""
+def _existing(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> ckpt.TrainingState | None:
+    """The state to resume from, if any; refuse to overwrite a run, or to resume a different recipe."""
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
+    check_run_folder(out)
     if not (out / ckpt.CONFIG).exists():
         return None
-    record = ckpt.read_config(out)
+    try:
+        record = ckpt.read_config(out)
+    except UsageError as error:
+        if overwrite:  # replace a diffkit run only, never somebody else's config.json
+            raise UsageError(f"{error}; --overwrite replaces diffkit runs only: use another --out") from None
+        raise
+    if overwrite:
+        return None
     theirs = TrainConfig.from_dict(record.get("train", {})).recipe() if "train" in record else {}
     ours = config.recipe()
     differing = [key for key in ours if theirs.get(key) != ours[key]]
@@ -142,9 +166,20 @@ def _existing(out: Path, config: TrainConfig, resume: bool) -> ckpt.TrainingStat
         key = differing[0]
         raise UsageError(
             f"{str(out)!r} holds a run with a different config ({key}: {theirs.get(key)!r} there, "
-            f"{ours[key]!r} here); choose another --out"
+            f"{ours[key]!r} here); choose another --out, or pass --overwrite to replace it"
         )
-    return ckpt.read_training_state(out) if resume else None
+    if not resume:
+        raise UsageError(
+            f"{str(out)!r} holds a run (checkpoint of iteration {record.get('iteration')}); pass "
+            "--resume to continue it or --overwrite to replace it"
+        )
+    scaling = record.get("score_scaling", "none")  # runs before the NCSN scaling have none
+    if scaling != ckpt.score_scaling_for(config.kind):
+        raise UsageError(
+            f"{str(out)!r} holds a run with score_scaling {scaling!r}, but this diffkit trains --kind "
+            f"{config.kind} with {ckpt.score_scaling_for(config.kind)!r}; pass --overwrite to replace it"
+        )
+    return ckpt.read_training_state(out)
 
 
 def train(
@@ -153,28 +188,35 @@ def train(
     *,
     registry: Registry | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: Progress | None = None,
+    dataset: Dataset | None = None,
 ) -> TrainResult:
     """Train `config` for `config.iters` steps, checkpointing into `out` (None: keep in memory).
 
     Args:
         config: the recipe and run length.
-        out: checkpoint folder; an existing one must hold the same recipe.
+        out: checkpoint folder; one that holds a run needs `resume` (same recipe) or `overwrite`.
         registry: a registry (default: `build_registry()`).
         resume: continue from the checkpoint in `out` (a fresh start if it has none).
+        overwrite: replace the run in `out`; it stays intact until the first new checkpoint.
         progress: called as `progress(iteration, loss)` after every step.
+        dataset: the dataset `config.data` names, if already built (default: resolve it, a
+            registered name first, else a `.npy` / `.npz` file).
 
     Raises:
         UsageError: bad names, options, combinations or checkpoint folders (before any step).
     """
     registry = registry or build_registry()
     device = torch.device(config.device)
-    setup = _setup(config, registry, device)
+    setup = _setup(config, registry, device, dataset)
     network = setup.model.network
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = _existing(out, config, resume) if out is not None else None
+    state = _existing(out, config, resume, overwrite) if out is not None else None
+    writer = None if out is None else _Writer(out, config, setup, registry, _grids(out) if overwrite else [])
     ema, losses, start = init_ema(network), [], 0
     if state is not None:
+        check_unchanged(state.record.get("dataset", {}), setup.dataset, str(out))
         try:
             network.load_state_dict(state.raw, strict=True)
             ema = {k: v.to(device) for k, v in state.ema.items()}
@@ -206,8 +248,8 @@ def train(
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(i + 1, losses[-1])
-        if out is not None and ((i + 1) % config.checkpoint_every == 0 or i + 1 == config.iters):
-            _checkpoint(out, config, setup, i + 1, ema, optimizer, losses, registry)
+        if writer is not None and ((i + 1) % config.checkpoint_every == 0 or i + 1 == config.iters):
+            writer.write(i + 1, ema, optimizer, losses)
     network.eval()
     return TrainResult(
         network,
@@ -219,20 +261,63 @@ def train(
     )
 
 
-def _checkpoint(
-    out: Path,
-    config: TrainConfig,
-    setup: _Setup,
-    iteration: int,
-    ema: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    losses: list[float],
-    registry: Registry,
-) -> None:
-    """Write the checkpoint files, the loss curve and (optionally) a sample grid."""
-    network = setup.model.network
-    ckpt.save_checkpoint(out, _record(config, setup, iteration), network, ema, optimizer, losses)
-    save_loss_curve(out / "loss.png", losses, title=f"{config.loss} | {config.data} | {config.network}")
-    if config.sample_every_checkpoint:
-        with torch.random.fork_rng(devices=[]):
-            save_sample_grid(out, config, iteration, registry, setup.dataset.data_shape)
+def _grids(out: Path) -> list[str]:
+    """Names of the sample grids in `out` (removed with the first checkpoint of an --overwrite run)."""
+    return sorted(p.name for p in out.glob("samples_*.png")) if out.is_dir() else []
+
+
+@dataclass
+class _Writer:
+    """Writes checkpoints of one `train` call, with the loss curve and (optionally) sample grids."""
+
+    out: Path
+    config: TrainConfig
+    setup: _Setup
+    registry: Registry
+    stale: list[str]
+    plotted: float | None = None  # time of the last loss curve
+
+    def write(
+        self,
+        iteration: int,
+        ema: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        losses: list[float],
+    ) -> None:
+        """Commit the checkpoint of `iteration`, then redraw loss.png (first, last, every 30 s) and grids.
+
+        Raises:
+            OutputError: a file could not be written (full disk, ...); names what `out` holds.
+        """
+        try:
+            self._write(iteration, ema, optimizer, losses)
+        except OSError as error:
+            held = ckpt.committed(self.out)
+            kept = "it holds no checkpoint yet"
+            kept = kept if held is None else f"its checkpoint of iteration {held['iteration']} is complete"
+            reason = error.strerror or error
+            raise OutputError(
+                f"cannot write to {str(self.out)!r} at iteration {iteration}: {reason}; {kept}"
+            ) from None
+        log_event(f"done {iteration}")
+
+    def _write(
+        self,
+        iteration: int,
+        ema: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        losses: list[float],
+    ) -> None:
+        config, setup = self.config, self.setup
+        record = _record(config, setup, iteration)
+        ckpt.save_checkpoint(self.out, record, setup.model.network, ema, optimizer, losses, self.stale)
+        self.stale = []
+        now = time.monotonic()
+        if self.plotted is None or iteration == config.iters or now - self.plotted >= LOSS_PLOT_SECONDS:
+            title = f"{config.loss} | {config.data} | {config.network}"
+            save_loss_curve(self.out / "loss.png", losses, title=title)
+            self.plotted = now
+        if config.sample_every_checkpoint:
+            with torch.random.fork_rng(devices=[]):
+                shape, value_range = setup.dataset.data_shape, setup.dataset.value_range
+                save_sample_grid(self.out, config, iteration, self.registry, shape, value_range)

@@ -49,9 +49,17 @@ def sample_solver(registry: Registry) -> str:
 
 
 def save_sample_grid(
-    folder: Path, config: TrainConfig, iteration: int, registry: Registry, data_shape: tuple[int, ...]
+    folder: Path,
+    config: TrainConfig,
+    iteration: int,
+    registry: Registry,
+    data_shape: tuple[int, ...],
+    value_range: tuple[float, float] | None = None,
 ) -> Path:
-    """Sample the checkpoint in `folder` (EMA weights, 20 steps) and write `samples_<iteration>.png`."""
+    """Sample the checkpoint in `folder` (EMA weights, 20 steps) and write `samples_<iteration>.png`.
+
+    Image grids show the data's `value_range` (default [-1, 1]) black..white, clipped.
+    """
     solver = sample_solver(registry)
     run = sample(
         SampleConfig(
@@ -70,5 +78,5 @@ def save_sample_grid(
     title = (
         f"{config.data} | {config.network} | {config.process} | {solver} {SAMPLE_STEPS} | iter {iteration}"
     )
-    save_plot(path, run.samples.detach().cpu().numpy(), title=title)
+    save_plot(path, run.samples.detach().cpu().numpy(), title=title, value_range=value_range)
     return path
