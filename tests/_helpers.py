@@ -149,3 +149,21 @@ def ring8_quality(model: Any, process: diffkit.NoiseProcess, x: torch.Tensor) ->
 def at_floor(distance: float, floor: NoiseFloor, factor: float = 1.5, stds: float = 3.0) -> bool:
     """True if `distance` is within `factor` x floor mean + `stds` floor standard deviations."""
     return distance <= factor * floor.mean + stds * floor.std
+
+
+def tiny_diffusers_unet(out_channels: int = 1) -> torch.nn.Module:
+    """A seeded tiny diffusers UNet2DModel on 1x8x8 images (needs diffusers; the global RNG is untouched)."""
+    import diffusers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return diffusers.UNet2DModel(
+            sample_size=8,
+            in_channels=1,
+            out_channels=out_channels,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+        )

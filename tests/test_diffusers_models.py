@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import tiny_diffusers_unet
 from typer.testing import CliRunner
 
 import diffkit
@@ -21,18 +22,7 @@ N = 1000
 
 def _unet(folder: Path, *, out_channels: int = 1, scheduler: dict | None = None) -> torch.nn.Module:
     """Save a seeded tiny UNet2DModel (1x8x8) to `folder`, with an optional scheduler_config.json."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = diffusers.UNet2DModel(
-            sample_size=8,
-            in_channels=1,
-            out_channels=out_channels,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-        )
+    unet = tiny_diffusers_unet(out_channels)
     unet.save_pretrained(folder)
     if scheduler is not None:
         (folder / "scheduler_config.json").write_text(json.dumps(scheduler))

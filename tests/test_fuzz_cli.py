@@ -428,19 +428,11 @@ def test_diffusers_folder_with_only_pickled_weights_is_refused_unread(
     in_process: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A `.bin` (pickle) weights file is never unpickled: one line, exit 2, torch.load never called."""
-    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("diffusers")
     import torch
+    from _helpers import tiny_diffusers_unet
 
-    unet = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = tiny_diffusers_unet()
     unet.save_pretrained(tmp_path / "unet", safe_serialization=False)
     assert sorted(p.name for p in (tmp_path / "unet").iterdir()) == [
         "config.json",

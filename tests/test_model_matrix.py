@@ -62,19 +62,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
         )
         train(config, root / row)
         made[row] = root / row
-    diffusers = pytest.importorskip("diffusers")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = diffusers.UNet2DModel(
-            sample_size=8,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-        )
+    pytest.importorskip("diffusers")
+    from _helpers import tiny_diffusers_unet
+
+    unet = tiny_diffusers_unet()
     with torch.no_grad():  # a constant output: a random network's probability flow is too chaotic to invert
         unet.conv_out.weight.zero_()
         unet.conv_out.bias.fill_(0.5)
