@@ -18,14 +18,14 @@ from typing import Any
 import torch
 
 from diffkit import validate
-from diffkit.errors import SamplingError, UnknownComponentError, UsageError
+from diffkit.errors import DiffkitError, SamplingError, UnknownComponentError, UsageError
 from diffkit.grid import check_grid
 from diffkit.model import ScoreModel
 from diffkit.prior_noise import PriorNoise
 from diffkit.process import NoiseProcess
 from diffkit.provenance import jsonable
 from diffkit.registry import Registry, build_registry
-from diffkit.sampler import Sampler, StepInfo, check_composition, check_result
+from diffkit.sampler import Sampler, StepInfo, check_composition, check_result, third_party_failure
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -308,14 +308,22 @@ def sample(
         if measurement is not None:
             rows = measurement.rows(index * batch_size, (index + 1) * batch_size)
             comp.model.bind(rows)
-        result = comp.sampler(
-            comp.model,
-            comp.process,
-            x,
-            grid,
-            generator=_batch_generator(comp.device, config.seed, index),
-            callback=watch,
-        )
+        try:
+            result = comp.sampler(
+                comp.model,
+                comp.process,
+                x,
+                grid,
+                generator=_batch_generator(comp.device, config.seed, index),
+                callback=watch,
+            )
+        except DiffkitError:
+            raise
+        except Exception as error:  # a third-party sampler's crash is one line naming its plugin
+            failure = third_party_failure(config.solver, registry, error)
+            if failure is None:
+                raise
+            raise failure from error
         check_result(result, x, config.solver, registry, watch.flags)  # plugin contract (exit 1)
         watch.raise_if_nonfinite(result.x, config.solver)
         samples[first:stop] = result.x if rows is None else comp.model.finalize(result.x, rows)

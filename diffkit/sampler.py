@@ -169,6 +169,24 @@ def _result_problem(result: object, x_init: torch.Tensor, check_finite: bool) ->
     return None
 
 
+def third_party_failure(name: str, registry: Registry, error: Exception) -> PluginError | None:
+    """A one-line `PluginError` for an exception raised inside third-party sampler `name`, else None.
+
+    Built-in samplers get None: an exception there is diffkit's own bug and stays an internal error.
+    """
+    try:
+        component = registry.get("sampler", name)
+    except DiffkitError:
+        return None
+    if component.plugin in registry.builtins:
+        return None
+    first = (str(error).strip().splitlines() or [""])[0]
+    return PluginError(
+        f"sampler {name!r} (plugin {component.plugin!r}, {component.distribution}) failed: "
+        f"{type(error).__name__}: {first}"
+    )
+
+
 def check_result(
     result: object,
     x_init: torch.Tensor,

@@ -236,6 +236,21 @@ def test_a_wrong_sampler_result_is_one_line_naming_the_plugin_and_writes_nothing
     assert fine.exit_code == 0 and fine.stderr == "", fine.stderr
 
 
+def test_a_crashing_third_party_sampler_is_one_line_naming_the_plugin(
+    install: Callable[..., None], tmp_path: Path
+) -> None:
+    """An exception inside a plugin's sampler call: exit 1, one line naming it, not "internal error"."""
+    install(badpkg=SAMPLER_PLUGIN.format(result="SampleResult(x_init.reshape(7, -1), 2, 2)"))
+    out = tmp_path / "s.npz"
+    done = invoke(*sample_args("bad", out))
+    assert done.exit_code == 1, (done.stdout, done.stderr)
+    assert done.stderr.splitlines() == [
+        "error: sampler 'bad' (plugin 'badpkg', local module) failed: "
+        "RuntimeError: shape '[7, -1]' is invalid for input of size 200"
+    ]
+    assert list(tmp_path.glob("s*")) == []
+
+
 def test_check_result_accepts_a_correct_result_and_leaves_flagged_steps_to_the_caller() -> None:
     x = torch.zeros(4, 3, 2, dtype=torch.float64)
     good = SampleResult(x + 1, 5, 5)
