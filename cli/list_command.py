@@ -37,6 +37,8 @@ ALIASES = {
     "model_wrapper": "model_wrapper",
     "wrapper": "model_wrapper",
     "wrappers": "model_wrapper",
+    "parameterization": "parameterization",
+    "parameterizations": "parameterization",
 }
 
 

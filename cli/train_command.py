@@ -66,7 +66,7 @@ def train_command(
     sde: Annotated[str, typer.Option("--sde", help="Noise process (`diffkit list process`).")] = "vp",
     loss: Annotated[str, typer.Option(help="Objective: simple, dsm, ncsn, vlb, hybrid.")] = "simple",
     net: Annotated[str, typer.Option(help="Network: mlp or unet.")] = "mlp",
-    kind: Annotated[str, typer.Option(help="Parameterization: v, eps, x0 or score.")] = "v",
+    kind: Annotated[str, typer.Option(help="Parameterization: v, eps, x0, score or a plugin's.")] = "v",
     iters: Annotated[int, typer.Option(help="Total optimiser steps.")] = 1000,
     out: Annotated[Path, typer.Option(help="Checkpoint folder.")] = OUT,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 128,

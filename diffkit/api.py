@@ -142,23 +142,16 @@ def build_model(
     process: NoiseProcess,
     process_options: Mapping[str, Any],
 ) -> ScoreModel:
-    """The model `name` on `process`: a registered (or hook-resolved) model first, else a
-    `diffkit train` checkpoint folder at that path, so registered names are never shadowed."""
-    from diffkit.train.checkpoint import is_checkpoint_name, model_from_checkpoint
-
+    """The model `name` on `process`: a registered (or hook-resolved) model first, else one
+    from the `diffkit_resolve_model` hook (e.g. a `diffkit train` checkpoint folder at that
+    path), so registered names are never shadowed."""
     try:
         registry.get("model", name)
     except UnknownComponentError:
-        if not is_checkpoint_name(name):
+        model = registry.resolve_model(name, process_name, process, process_options, options)
+        if model is None:
             raise
-        return model_from_checkpoint(
-            name,
-            registry,
-            process_name,
-            process,
-            process_options=dict(process_options),
-            model_options=dict(options),
-        )
+        return model
     return registry.build("model", name, options, process)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from diffkit.errors import DiffkitError
 from diffkit.registry import Component, Family, Registry
 from diffkit.sampler import Capabilities
+from diffkit.traits import traits_of
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def _grid_cell(caps: Capabilities) -> str:
 
 
 def _composable(requires: frozenset[str], process: object) -> bool:
-    return set(requires) <= set(getattr(process, "features", ()))
+    return set(requires) <= traits_of(process).names
 
 
 def sampler_rows(registry: Registry) -> list[SamplerRow]:

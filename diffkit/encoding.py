@@ -21,7 +21,7 @@ import torchdiffeq
 from diffkit.dynamics import reverse_drift
 from diffkit.model import ScoreModel
 from diffkit.precision import schedule_dtype
-from diffkit.process import NoiseProcess
+from diffkit.process import NoiseProcess, discrete_process
 
 EncodeMethod = Literal["ode", "ddim"]
 
@@ -61,9 +61,10 @@ def _ode(
 
 def ddim_times(process: NoiseProcess) -> torch.Tensor:
     """Ascending float64 knots `(N,)` of a discrete process (`discrete_times`), t_min to t_max."""
-    if "discrete" not in process.features:
+    discrete = discrete_process(process)
+    if discrete is None:
         raise ValueError(f"DDIM inversion needs a discrete process, got {type(process).__name__}")
-    return process.discrete_times.to(torch.float64)
+    return discrete.discrete_times.to(torch.float64)
 
 
 def ddim_walk(model: ScoreModel, process: NoiseProcess, x: torch.Tensor, times: torch.Tensor) -> Coded:

@@ -48,3 +48,7 @@ class OutputError(SamplingError):
 
 class PluginLoadWarning(UserWarning):
     """A plugin failed to import or register; the remaining plugins keep working."""
+
+
+class UnknownHookError(DiffkitError):
+    """A built-in plugin implements a hook diffkit does not specify, e.g. a misspelled one (a bug)."""

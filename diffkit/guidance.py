@@ -67,7 +67,7 @@ class CFGModel(ScoreModel):
         num_classes = require_conditional(model, "cfg")
         super().__init__(
             self._guided,
-            kind=model.kind,
+            kind=model.parameterization,
             process=model.process,
             data_shape=model.data_shape,
             learned_variance=model.learned_variance,

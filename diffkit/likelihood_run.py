@@ -38,7 +38,7 @@ from diffkit.likelihood import (
 from diffkit.losses.chain import DiscreteSchedule, is_vp_family
 from diffkit.losses.vlb import vlb_terms
 from diffkit.model import ExactData, ScoreModel
-from diffkit.process import NoiseProcess
+from diffkit.process import NoiseProcess, discrete_process
 from diffkit.registry import Registry
 
 EXACT_DIVERGENCE_MAX_DIM = 64  # "auto": exact divergence (D backward passes) up to this D
@@ -134,10 +134,11 @@ def _check_chain(config: LikelihoodConfig, process: NoiseProcess) -> None:
     try:
         DiscreteSchedule.of(process, config.vlb_steps)
     except ValueError as error:
-        if "discrete" in process.features:
+        discrete = discrete_process(process)
+        if discrete is not None:
             raise UsageError(
                 f"--vlb-steps {config.vlb_steps}: process {config.process!r} has its own "
-                f"{process.num_steps} steps (set them with --sde-opt num_steps=N)"  # type: ignore[attr-defined]
+                f"{discrete.num_steps} steps (set them with --sde-opt num_steps=N)"
             ) from None
         raise UsageError(f"--vlb-steps {config.vlb_steps}: {error}") from None
 

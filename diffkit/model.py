@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from diffkit import parameterization as param
 from diffkit.conditional import NULL_LABEL
+from diffkit.precision import schedule_dtype
 from diffkit.process import NoiseProcess
 from diffkit.shapes import append_dims, batch_times
 
@@ -22,16 +24,19 @@ SCORE_SCALINGS: tuple[str, ...] = ("none", "1/sigma")
 
 @dataclass(frozen=True)
 class Prediction:
-    """One model evaluation at `(x, t)`; eps, x0, score and v are derived on demand.
+    """One model evaluation at `(x, t)`; eps, x0, score, v and velocity are derived on demand.
 
     Attributes:
-        kind: parameterization of `output` (eps, x0, v or score).
+        kind: name of the parameterization of `output` (eps, x0, v, score or a plugin's).
         output: raw network output `(B, *dims)`.
         x: the input `(B, *dims)`.
         alpha, sigma: schedule values broadcast to `(B, 1, ..., 1)` in `x`'s dtype.
         variance_interpolation: improved DDPM's v `(B, *dims)` of a learned-variance model
             (`Sigma = exp(v log beta + (1 - v) log beta_tilde)`, Nichol & Dhariwal 2021, eq. 15),
             or None; `output` is then the mean half of the network output only.
+        t: the times `(B,)` (None if unknown), with `process` what `d_alpha`, `d_sigma` need.
+        process: the noise process of `alpha` and `sigma` (None if unknown).
+        parameterization: the conversion object of `kind` (default: the standard one named `kind`).
     """
 
     kind: str
@@ -40,28 +45,71 @@ class Prediction:
     alpha: torch.Tensor
     sigma: torch.Tensor
     variance_interpolation: torch.Tensor | None = None
+    t: torch.Tensor | None = None
+    process: NoiseProcess | None = None
+    parameterization: param.Parameterization | None = None
+
+    def __post_init__(self) -> None:
+        """Resolve a standard kind by name when no conversion object is given."""
+        if self.parameterization is None:
+            object.__setattr__(self, "parameterization", param.standard(self.kind))
 
     @property
     def eps(self) -> torch.Tensor:
         """Predicted noise."""
-        return param.to_eps(self.kind, self.output, self.x, self.alpha, self.sigma)
+        return self.parameterization.eps(self)  # type: ignore[union-attr]
 
     @property
     def x0(self) -> torch.Tensor:
         """Predicted clean data E[x0 | x_t]."""
-        return param.to_x0(self.kind, self.output, self.x, self.alpha, self.sigma)
+        return self.parameterization.x0(self)  # type: ignore[union-attr]
 
     @property
     def score(self) -> torch.Tensor:
         """Predicted score grad_x log p_t(x)."""
-        if self.kind == "score":
-            return self.output
-        return param.score_from_eps(self.eps, self.sigma)
+        return self.parameterization.score(self)  # type: ignore[union-attr]
 
     @property
     def v(self) -> torch.Tensor:
         """Predicted velocity v = alpha eps - sigma x0."""
-        return param.v_from_eps_x0(self.eps, self.x0, self.alpha, self.sigma)
+        return self.parameterization.v(self)  # type: ignore[union-attr]
+
+    @property
+    def velocity(self) -> torch.Tensor:
+        """Predicted flow-matching velocity dx_t/dt = d_alpha x0 + d_sigma eps `(B, *dims)`."""
+        return self.parameterization.velocity(self)  # type: ignore[union-attr]
+
+    @cached_property
+    def _rates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.t is None or self.process is None:
+            raise ValueError("this prediction has no process and times: d_alpha and d_sigma are unknown")
+        d_alpha, d_sigma = schedule_rates(self.process, self.t)
+        return (
+            append_dims(d_alpha.to(self.x.dtype), self.x.ndim),
+            append_dims(d_sigma.to(self.x.dtype), self.x.ndim),
+        )
+
+    @property
+    def d_alpha(self) -> torch.Tensor:
+        """d alpha / dt at `t`, broadcast to `(B, 1, ..., 1)` in `x`'s dtype (computed once, on demand)."""
+        return self._rates[0]
+
+    @property
+    def d_sigma(self) -> torch.Tensor:
+        """d sigma / dt at `t`, broadcast to `(B, 1, ..., 1)` in `x`'s dtype (computed once, on demand)."""
+        return self._rates[1]
+
+
+def schedule_rates(process: NoiseProcess, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d alpha/dt and d sigma/dt `(B,)` at times `t` `(B,)`, computed in the schedule dtype (float64).
+
+    From the process's drift coefficient f = d log alpha/dt and squared diffusion
+    g^2 = d sigma^2/dt - 2 f sigma^2 (Song et al. 2021, App. B): d alpha/dt = f alpha and
+    d sigma/dt = (g^2 + 2 f sigma^2) / (2 sigma).
+    """
+    t = t.detach().to(schedule_dtype(t.device))
+    f, alpha, sigma = process.f(t), process.alpha(t), process.sigma(t)
+    return f * alpha, (process.diffusion_squared(t) + 2.0 * f * sigma**2) / (2.0 * sigma)
 
 
 def split_learned_variance(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +143,9 @@ class ScoreModel:
     Args:
         network: `network(x, time_input, cond) -> output` with `x` `(B, *dims)` and
             `time_input` `(B,)`; output has `x`'s shape and means `kind`.
-        kind: the parameterization of the output: eps, x0, v or score.
+        kind: the parameterization of the output: eps, x0, v or score, or a conversion object
+            (`diffkit.parameterization.Parameterization`, e.g. a plugin's from
+            `registry.build("parameterization", name, {})`); `self.kind` is its name.
         process: the noise process the network was trained for.
         data_shape: shape of one sample (without the batch dim).
         time_input: maps continuous t `(B,)` to the network's time input (default: t).
@@ -121,7 +171,7 @@ class ScoreModel:
         self,
         network: Network,
         *,
-        kind: str,
+        kind: str | param.Parameterization,
         process: NoiseProcess,
         data_shape: tuple[int, ...],
         time_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -130,12 +180,11 @@ class ScoreModel:
         null_label: int | None = None,
         score_scaling: str = "none",
     ) -> None:
-        if kind not in param.KINDS:
-            raise ValueError(f"unknown parameterization {kind!r}; expected one of {', '.join(param.KINDS)}")
-        if score_scaling not in SCORE_SCALINGS or (score_scaling != "none" and kind != "score"):
+        self.parameterization = param.standard(kind)  # resolved once: no lookups per call
+        self.kind = self.parameterization.name
+        if score_scaling not in SCORE_SCALINGS or (score_scaling != "none" and self.kind != "score"):
             raise ValueError(f"score_scaling must be one of {', '.join(SCORE_SCALINGS)} (kind score only)")
         self.network = network
-        self.kind = kind
         self.process = process
         self.data_shape = tuple(data_shape)
         self.time_input = time_input or (lambda t: t)
@@ -187,7 +236,7 @@ class ScoreModel:
             output, v = split_learned_variance(output)
         if self.score_scaling == "1/sigma":
             output = output / sigma
-        return Prediction(self.kind, output, x, alpha, sigma, v)
+        return Prediction(self.kind, output, x, alpha, sigma, v, t, self.process, self.parameterization)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> Prediction:
         """Evaluate the network once at `x` `(B, *dims)`, time `t` (scalar or `(B,)`); counts one NFE."""

@@ -7,13 +7,18 @@ distribution and load exactly like third-party ones; third-party autoload can be
 entry-point name (`block=` or env `DIFFKIT_BLOCK_PLUGINS=a,b`). Env `DIFFKIT_PLUGINS=mod,...`
 registers extra plugin modules by import name (handy for local, uninstalled plugins).
 
-Broken third-party plugins are isolated: one that fails to import, raises in its
+Hooks are called through pluggy's hook relay (`manager.hook.<name>`), narrowed with
+`subset_hook_caller` to one plugin per call, so tracing, call monitoring and hook wrappers see
+every call while a failure (or an answer) stays attributed to its plugin.
+
+Broken third-party plugins are isolated: one that fails to import, implements a hook diffkit
+does not specify (pluggy's `check_pending`, e.g. a misspelled `diffkit_registr`), raises in its
 `diffkit_register` hook, or registers a name that is already taken is skipped as a whole
 (none of its components, families or resolve hooks stay) with one `PluginLoadWarning` naming
 it (and, for a collision, each taken name and the plugin that owns it). Built-ins register
 first and are asked first by `Registry.get`, so they always win; the first third-party
 plugin to register a name keeps it. Two built-ins registering one name is a bug in diffkit
-and raises `DuplicateComponentError`.
+and raises `DuplicateComponentError`; a built-in with an unknown hook raises `UnknownHookError`.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from diffkit.errors import (
     PluginError,
     PluginLoadWarning,
     UnknownComponentError,
+    UnknownHookError,
 )
+from diffkit.hookcalls import bind_registry, relay, unknown_hooks
 from diffkit.options import parse_options
 
 KINDS: tuple[str, ...] = (
@@ -50,6 +57,7 @@ KINDS: tuple[str, ...] = (
     "network",
     "loss",
     "dataset",
+    "parameterization",
 )
 GROUP = "diffkit"
 _ENV_AUTOLOAD = "DIFFKIT_DISABLE_PLUGIN_AUTOLOAD"
@@ -102,9 +110,9 @@ class Registrar:
     def _add(self, kind: str, name: str, factory: Callable[..., Any], summary: str | None) -> None:
         if not name or any(c.isspace() for c in name):
             raise ValueError(f"invalid {kind} name {name!r}")
-        self._staged.append(
-            Component(kind, name, factory, self._plugin, self._distribution, _summary(factory, summary))
-        )
+        summary = _summary(factory, summary)
+        factory = bind_registry(factory, self._registry)
+        self._staged.append(Component(kind, name, factory, self._plugin, self._distribution, summary))
 
     def add_process(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
         """Register a noise process: `factory(**options) -> NoiseProcess`."""
@@ -139,6 +147,12 @@ class Registrar:
     def add_dataset(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
         """Register a dataset: `factory(**options) -> Dataset`."""
         self._add("dataset", name, factory, summary)
+
+    def add_parameterization(
+        self, name: str, factory: Callable[..., Any], *, summary: str | None = None
+    ) -> None:
+        """Register a network target: `factory(**options) -> Parameterization` (usually the class)."""
+        self._add("parameterization", name, factory, summary)
 
     def add_family(self, kind: str, prefix: str, methods: Iterable[str], *, summary: str = "") -> None:
         """Announce a parametric family `prefix:<method>` (resolved by `diffkit_resolve`)."""
@@ -211,14 +225,12 @@ class Registry:
         found = self.components.get((kind, name))
         if found is not None:
             return found
-        impls = reversed(self.plugin_manager.hook.diffkit_resolve.get_hookimpls())  # pluggy's call order
-        for impl in sorted(impls, key=lambda impl: impl.plugin_name not in self.builtins):  # built-ins first
-            factory = self._resolve(impl, kind, name)
-            if factory is not None:
-                plugin = impl.plugin_name
-                return Component(
-                    kind, name, factory, plugin, self.distributions.get(plugin, "?"), _summary(factory, None)
-                )
+        failed = f"failed to resolve {kind} {name!r}"
+        plugin, factory = self._first("diffkit_resolve", failed, (), kind=kind, name=name)
+        if factory is not None:
+            summary = _summary(factory, None)
+            factory = bind_registry(factory, self)
+            return Component(kind, name, factory, plugin, self.distributions.get(plugin, "?"), summary)
         candidates = self.names(kind) + self.family_examples(kind)
         close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.4)
         hint = (
@@ -228,15 +240,54 @@ class Registry:
         )
         raise UnknownComponentError(f"unknown {kind} {name!r}; {hint} (see `diffkit list {kind}`)")
 
-    def _resolve(self, impl: pluggy.HookImpl, kind: str, name: str) -> Callable[..., Any] | None:
-        """One resolve hook's answer; a third-party hook that raises is a `PluginError` naming it."""
-        if impl.plugin_name in self.builtins:
-            return _call(impl, kind=kind, name=name)
-        try:
-            return _call(impl, kind=kind, name=name)
-        except Exception as error:
-            where = f"plugin {impl.plugin_name!r} ({self.distributions.get(impl.plugin_name, '?')})"
-            raise PluginError(f"{where} failed to resolve {kind} {name!r}: {error}") from None
+    def _first(
+        self, hook: str, failed: str, keep: tuple[type[Exception], ...], **kwargs: Any
+    ) -> tuple[str, Any]:
+        """(plugin, answer) of the first plugin whose firstresult `hook` answers, else ("", None).
+
+        Plugins are asked one at a time through the hook relay: built-ins first, then the others
+        in pluggy's call order. A third-party hook raising anything but `keep` is a `PluginError`
+        naming it; built-ins raise as they are.
+        """
+        impls = reversed(getattr(self.plugin_manager.hook, hook).get_hookimpls())  # pluggy's call order
+        for impl in sorted(impls, key=lambda impl: impl.plugin_name not in self.builtins):  # built-ins first
+            plugin = impl.plugin_name
+            call = relay(self.plugin_manager, hook, plugin)
+            try:
+                answer = call(**kwargs)
+            except keep:
+                raise
+            except Exception as error:
+                if plugin in self.builtins:
+                    raise
+                where = f"plugin {plugin!r} ({self.distributions.get(plugin, '?')})"
+                raise PluginError(f"{where} {failed}: {error}") from None
+            if answer is not None:
+                return plugin, answer
+        return "", None
+
+    def resolve_model(
+        self,
+        name: str,
+        process_name: str,
+        process: Any,
+        process_options: Mapping[str, Any],
+        model_options: Mapping[str, Any],
+    ) -> Any:
+        """The model `name` on `process` from the `diffkit_resolve_model` hook (e.g. a checkpoint
+        folder), or None if no plugin knows `name`. Ask `get("model", name)` first."""
+        _, model = self._first(
+            "diffkit_resolve_model",
+            f"failed to resolve model {name!r}",
+            (DiffkitError,),
+            registry=self,
+            name=name,
+            process_name=process_name,
+            process=process,
+            process_options=dict(process_options),
+            model_options=dict(model_options),
+        )
+        return model
 
     def build(self, kind: str, name: str, options: Mapping[str, Any], *args: Any) -> Any:
         """Resolve, parse options and construct a component; bad values raise OptionError.
@@ -266,11 +317,6 @@ class Registry:
         )
 
 
-def _call(impl: pluggy.HookImpl, **kwargs: Any) -> Any:
-    """Call one hookimpl with only the arguments it declares (impls may take a subset)."""
-    return impl.function(*(kwargs[arg] for arg in impl.argnames))
-
-
 def _warn(registry: Registry, message: str) -> None:
     registry.warnings.append(message)
     warnings.warn(message, PluginLoadWarning, stacklevel=3)
@@ -298,11 +344,13 @@ def build_registry(
             `DIFFKIT_DISABLE_PLUGIN_AUTOLOAD` is set). Built-ins always load.
         plugins: extra plugin objects or module import names to register.
 
-    A plugin that fails to import or register, or registers a name already taken, is skipped
-    as a whole with one `PluginLoadWarning` naming it (built-ins register first and win).
+    A plugin that fails to import or register, implements a hook with no spec (pluggy's
+    `check_pending`), or registers a name already taken, is skipped as a whole with one
+    `PluginLoadWarning` naming it (built-ins register first and win).
 
     Raises:
         DuplicateComponentError: two built-in plugins register the same name (a bug in diffkit).
+        UnknownHookError: a built-in plugin implements a hook with no spec (a bug in diffkit).
     """
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
@@ -344,6 +392,7 @@ def build_registry(
             continue
         registry.distributions[plugin_name] = "local module"
 
+    _check_hooks(registry)
     # registration order (built-ins, third parties, then `plugins`; tryfirst/trylast cannot
     # move a third party before a built-in), so the earlier plugin keeps a name
     impls = manager.hook.diffkit_register.get_hookimpls()
@@ -352,14 +401,40 @@ def build_registry(
     return registry
 
 
+def _label(registry: Registry, name: str) -> str:
+    """`diffkit plugin 'name' (distribution)`, as warnings name a plugin (local modules bare)."""
+    distribution = registry.distributions.get(name, "?")
+    return f"diffkit plugin {name!r}" + ("" if distribution == "local module" else f" ({distribution})")
+
+
+def _check_hooks(registry: Registry) -> None:
+    """pluggy's `check_pending` until it passes: a plugin implementing a hook diffkit does not
+    specify (e.g. a misspelled `diffkit_registr`) is skipped with one warning naming the plugin
+    and the hook; in a built-in plugin it is a bug in diffkit and raises `UnknownHookError`."""
+    manager = registry.plugin_manager
+    while True:
+        try:
+            manager.check_pending()
+            return
+        except pluggy.PluginValidationError as error:
+            plugin = error.plugin
+        name = manager.get_name(plugin)
+        unknown = unknown_hooks(manager, plugin)
+        if name is None or name in registry.builtins:
+            where = f"plugin {name!r} ({registry.distributions.get(name or '', '?')})"
+            raise UnknownHookError(f"{where} implements {unknown}")
+        _warn(registry, f"{_label(registry, name)} skipped: {unknown}")
+        manager.unregister(name=name)
+
+
 def _register(registry: Registry, impl: pluggy.HookImpl) -> None:
     """Run one plugin's `diffkit_register`; commit all of it, or skip all of it with a warning."""
     name = impl.plugin_name
     distribution = registry.distributions.get(name, "?")
     registrar = Registrar(registry, name, distribution)
-    plugin = f"diffkit plugin {name!r}" + ("" if distribution == "local module" else f" ({distribution})")
+    plugin = _label(registry, name)
     try:
-        _call(impl, registrar=registrar)
+        relay(registry.plugin_manager, "diffkit_register", name)(registrar=registrar)
     except Exception as error:
         _warn(registry, f"{plugin} failed to register: {error}")
         registry.plugin_manager.unregister(name=name)  # its other hooks (resolve) go too

@@ -16,7 +16,8 @@ import torch
 
 from diffkit.errors import CompositionError, DiffkitError, PluginError
 from diffkit.model import ScoreModel
-from diffkit.process import NoiseProcess
+from diffkit.process import NoiseProcess, schedule_problem
+from diffkit.traits import check_trait_names, traits_of
 
 if TYPE_CHECKING:
     from diffkit.registry import Registry
@@ -32,11 +33,14 @@ class Capabilities:
             weak order for stochastic ones) in the step size.
         adaptive: chooses its own steps (the grid only gives the end points).
         nfe_per_step: model evaluations per grid step (0 if adaptive: not fixed).
-        requires: process features it needs, e.g. {"discrete"}.
-        default_grid: grid used when the user gives none.
+        requires: process traits it needs (names of `ProcessTraits`), e.g. {"discrete"}.
+        default_grid: grid used when the user gives none (unless the process prefers one).
         default_steps: step count used when the user gives none.
-        grid_by_feature: per-process overrides of `default_grid`, as (process feature, grid)
-            pairs; the first feature the process has wins (e.g. ("variance-exploding", "karras")).
+        grid_by_feature: per-process overrides of `default_grid`, as (process trait, grid)
+            pairs; the first trait the process has wins (e.g. ("variance-exploding", "karras")).
+
+    Raises:
+        ValueError: `requires` or `grid_by_feature` names something that is no process trait.
     """
 
     stochastic: bool
@@ -48,13 +52,18 @@ class Capabilities:
     default_steps: int = 100
     grid_by_feature: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        check_trait_names(self.requires, "requires")
+        check_trait_names((trait for trait, _ in self.grid_by_feature), "grid_by_feature")
+
     def grid_for(self, process: NoiseProcess) -> str:
-        """The default grid for `process` (feature overrides first, then `default_grid`)."""
-        features = set(getattr(process, "features", ()))
-        for feature, grid in self.grid_by_feature:
-            if feature in features:
+        """The default grid for `process`: the sampler's per-trait override, else the grid the
+        process prefers (`traits.default_grid`), else the sampler's `default_grid`."""
+        traits = traits_of(process)
+        for trait, grid in self.grid_by_feature:
+            if trait in traits.names:
                 return grid
-        return self.default_grid
+        return traits.default_grid or self.default_grid
 
 
 # Quadratic-in-t grids suit VP-type processes; on VE, t is already log(sigma)-linear and the
@@ -125,15 +134,22 @@ class Sampler(Protocol):
 
 
 def check_composition(sampler_name: str, sampler: Sampler, process_name: str, process: NoiseProcess) -> None:
-    """Raise CompositionError (naming both) if `sampler` needs features `process` lacks."""
-    needed = set(sampler.capabilities.requires)
-    have = set(getattr(process, "features", frozenset()))
-    missing = sorted(needed - have)
+    """Raise CompositionError if `sampler` needs traits `process` lacks (naming both), or if
+    `process` is unusable on its time range (alpha, sigma not positive or log-SNR not finite,
+    see `schedule_problem`; naming the process)."""
+    try:
+        traits = traits_of(process)
+    except TypeError as error:  # a third-party process whose `traits` is no ProcessTraits
+        raise CompositionError(f"process {process_name!r}: {error}") from None
+    missing = sorted(set(sampler.capabilities.requires) - traits.names)
     if missing:
         raise CompositionError(
             f"sampler {sampler_name!r} needs a {' and '.join(missing)} process, "
             f"but process {process_name!r} is not one"
         )
+    problem = schedule_problem(process)
+    if problem is not None:
+        raise CompositionError(f"process {process_name!r} {problem}")
 
 
 def denoise(model: ScoreModel, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:

@@ -128,11 +128,13 @@ def real_array(array: Any, source: str, *, allow_nonfinite: bool = False) -> np.
     return values
 
 
-def checkpoint_record(record: Mapping[str, Any], source: str) -> None:
-    """UsageError unless a checkpoint config's `kind` and `data_shape` are meaningful."""
+def checkpoint_record(
+    record: Mapping[str, Any], source: str, kinds: Sequence[str] = PARAMETERIZATIONS
+) -> None:
+    """UsageError unless a checkpoint config's `kind` (one of `kinds`) and `data_shape` are meaningful."""
     kind = record.get("kind")
-    if kind not in PARAMETERIZATIONS:
-        raise UsageError(f"{source}: kind must be one of {', '.join(PARAMETERIZATIONS)}, got {kind!r}")
+    if kind not in kinds:
+        raise UsageError(f"{source}: kind must be one of {', '.join(kinds)}, got {kind!r}")
     shape = record.get("data_shape")
     if (
         not isinstance(shape, Sequence)

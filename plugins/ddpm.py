@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch.nn.functional import logsigmoid
 
-from diffkit import LinearGaussianProcess, Registrar, hookimpl
+from diffkit import LinearGaussianProcess, ProcessTraits, Registrar, hookimpl
 from diffkit.schedules import ddpm_cosine_alpha_bar, ddpm_linear_alpha_bar
 
 
@@ -25,7 +25,7 @@ class _DiscreteProcess(LinearGaussianProcess):
     """Common machinery: a decreasing log-SNR table at t_i = i/N, linear in between."""
 
     num_steps: int = 1000
-    features: ClassVar[frozenset[str]] = frozenset({"discrete", "variance-preserving"})
+    traits: ClassVar[ProcessTraits] = ProcessTraits(discrete=True, variance_preserving=True)
     _table: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def _alpha_bar(self) -> torch.Tensor:

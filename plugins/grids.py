@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffkit import NoiseProcess, Registrar, hookimpl
+from diffkit import NoiseProcess, Registrar, discrete_process, hookimpl
 
 
 def _check_steps(n_steps: int) -> None:
@@ -76,7 +76,7 @@ class QuadraticGrid:
 class DDPMGrid:
     """DDPM spacing: knots of a discrete process evenly spaced from t_max to t_min (else uniform).
 
-    On a process with knots t_k = k / N (k = 1..N, feature "discrete") the grid holds the knots
+    On a process with knots t_k = k / N (k = 1..N, trait "discrete") the grid holds the knots
     `round(j (N - 1) / n)` (0-based, j = n..0): it starts at t_max like diffusers' "trailing"
     spacing and ends at t_min, and its n + 1 knots are the timesteps of improved DDPM's
     respacing (Nichol & Dhariwal 2021, `space_timesteps`) and of diffusers' "linspace" spacing
@@ -86,9 +86,10 @@ class DDPMGrid:
     def __call__(self, process: NoiseProcess, n_steps: int) -> torch.Tensor:
         """Return the `(n_steps + 1,)` float64 grid."""
         _check_steps(n_steps)
-        if "discrete" not in getattr(process, "features", frozenset()):
+        discrete = discrete_process(process)
+        if discrete is None:
             return UniformGrid()(process, n_steps)
-        knots = process.discrete_times  # (N,) ascending
+        knots = discrete.discrete_times  # (N,) ascending
         if n_steps > knots.shape[0] - 1:
             raise ValueError(f"a process with {knots.shape[0]} knots has at most {knots.shape[0] - 1} steps")
         ramp = torch.arange(n_steps, -1, -1, dtype=torch.float64) / n_steps  # 1 .. 0

@@ -55,7 +55,7 @@ from typing import Literal
 
 import torch
 
-from diffkit import Capabilities, NoiseProcess, Registrar, hookimpl
+from diffkit import Capabilities, NoiseProcess, Registrar, hookimpl, traits_of
 from diffkit.dynamics import ancestral_step, euler_maruyama_step, reverse_diffusion_step
 from diffkit.ncsn import langevin_step, snr_step_size
 from diffkit.stepping import FixedStepSampler, StepContext
@@ -68,7 +68,7 @@ SNR_DEFAULT, SNR_LANGEVIN_VP = 0.16, 0.01
 
 def is_variance_exploding(process: NoiseProcess) -> bool:
     """True for a "variance-exploding" process, or one with alpha = 1 at both ends (x_t = x0 + sigma eps)."""
-    if "variance-exploding" in getattr(process, "features", frozenset()):
+    if traits_of(process).variance_exploding:
         return True
     ends = torch.tensor([process.t_min, process.t_max], dtype=torch.float64)
     return bool((process.alpha(ends) == 1.0).all())

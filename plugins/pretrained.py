@@ -5,6 +5,9 @@ scikit-learn's sample photos, VP, U-Net; for `diffkit colorize`).
 All were trained by `diffkit train` (the commands are in the README) and live inside the package
 (`diffkit/pretrained/<name>/`), read through `importlib.resources`. A model only means something
 on the process it was trained on, so any other process is refused with a message naming it.
+
+The plugin also answers `diffkit_resolve_model` for a `diffkit train` checkpoint folder given
+by path (`--model runs/digits`), under the same rule.
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from importlib import resources
+from typing import Any
 
-from diffkit import NoiseProcess, Registrar, ScoreModel, UsageError, build_registry, hookimpl
+from diffkit import NoiseProcess, Registrar, Registry, ScoreModel, UsageError, hookimpl
 
 
-def load_pretrained(name: str, process: NoiseProcess) -> ScoreModel:
+def load_pretrained(name: str, process: NoiseProcess, registry: Registry) -> ScoreModel:
     """The shipped model `name` (EMA weights, eval mode) on `process`, its training process."""
     from diffkit.pretrained import folder
     from diffkit.train import model_from_checkpoint
 
-    registry = build_registry()
     with resources.as_file(folder(name)) as path:
         record = json.loads((path / "config.json").read_text())
         trained_name = str(record["process"]["name"])
@@ -45,24 +48,43 @@ def load_pretrained(name: str, process: NoiseProcess) -> ScoreModel:
         )
 
 
-def digits(process: NoiseProcess) -> ScoreModel:
+def digits(process: NoiseProcess, *, registry: Registry) -> ScoreModel:
     """8x8 digits U-Net (v-prediction) trained on the `vp` process with `diffkit train`."""
-    return load_pretrained("digits", process)
+    return load_pretrained("digits", process, registry)
 
 
-def digits_cond(process: NoiseProcess) -> ScoreModel:
+def digits_cond(process: NoiseProcess, *, registry: Registry) -> ScoreModel:
     """Class-conditional 8x8 digits U-Net (`--cond 0..9`, null class 10) on the `vp` process."""
-    return load_pretrained("digits-cond", process)
+    return load_pretrained("digits-cond", process, registry)
 
 
-def photos(process: NoiseProcess) -> ScoreModel:
+def photos(process: NoiseProcess, *, registry: Registry) -> ScoreModel:
     """8x8 RGB photo-patch U-Net (v-prediction) trained on the `vp` process; for `diffkit colorize`."""
-    return load_pretrained("photos", process)
+    return load_pretrained("photos", process, registry)
 
 
-def moons(process: NoiseProcess) -> ScoreModel:
+def moons(process: NoiseProcess, *, registry: Registry) -> ScoreModel:
     """2-D two-moons MLP (v-prediction) trained on the `vp` process with `diffkit train`."""
-    return load_pretrained("moons", process)
+    return load_pretrained("moons", process, registry)
+
+
+@hookimpl
+def diffkit_resolve_model(
+    registry: Registry,
+    name: str,
+    process_name: str,
+    process: NoiseProcess,
+    process_options: dict[str, Any],
+    model_options: dict[str, Any],
+) -> ScoreModel | None:
+    """A `diffkit train` checkpoint folder named by path (registered model names come first)."""
+    from diffkit.train.checkpoint import is_checkpoint_name, model_from_checkpoint
+
+    if not is_checkpoint_name(name):
+        return None
+    return model_from_checkpoint(
+        name, registry, process_name, process, process_options=process_options, model_options=model_options
+    )
 
 
 @hookimpl

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from diffkit import Registrar, hookimpl
+from diffkit import ProcessTraits, Registrar, hookimpl
 from diffkit.schedules import LinearBetaProcess, vp_beta
 
 
@@ -15,7 +15,7 @@ from diffkit.schedules import LinearBetaProcess, vp_beta
 class SubVPProcess(LinearBetaProcess):
     """Sub-VP SDE: alpha as in VP, sigma = 1 - alpha^2 (variance below VP's)."""
 
-    features: ClassVar[frozenset[str]] = frozenset({"sub-variance-preserving"})
+    traits: ClassVar[ProcessTraits] = ProcessTraits(sub_variance_preserving=True)
 
     def _sigma_squared(self, t: torch.Tensor) -> torch.Tensor:
         return torch.expm1(2.0 * self._log_alpha(t)) ** 2

@@ -8,14 +8,14 @@ from typing import ClassVar
 
 import torch
 
-from diffkit import LinearGaussianProcess, Registrar, hookimpl
+from diffkit import LinearGaussianProcess, ProcessTraits, Registrar, hookimpl
 
 
 @dataclass(frozen=True, kw_only=True)
 class VEProcess(LinearGaussianProcess):
     """VE SDE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t, g^2 = d sigma^2 / dt."""
 
-    features: ClassVar[frozenset[str]] = frozenset({"variance-exploding"})
+    traits: ClassVar[ProcessTraits] = ProcessTraits(variance_exploding=True)
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     t_min: float = 1e-5

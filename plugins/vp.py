@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from diffkit import Registrar, hookimpl
+from diffkit import ProcessTraits, Registrar, hookimpl
 from diffkit.schedules import LinearBetaProcess, vp_beta, vp_t_from_log_alpha
 
 
@@ -15,7 +15,7 @@ from diffkit.schedules import LinearBetaProcess, vp_beta, vp_t_from_log_alpha
 class VPProcess(LinearBetaProcess):
     """VP SDE with linear beta(t); alpha^2 + sigma^2 = 1 (DDPM's continuous limit)."""
 
-    features: ClassVar[frozenset[str]] = frozenset({"variance-preserving"})
+    traits: ClassVar[ProcessTraits] = ProcessTraits(variance_preserving=True)
     #: End time, measured on `gmm:d64` (mode stds 0.05..0.2): the exact law at t_min is wider than
     #: the data by about 50 sigma(t_min)^2 in within-mode spread. At the former 1e-3 (sigma 0.0105)
     #: that is +0.0055, +12 floor standard deviations at 10,000 samples; at 3e-4, +3.4; at 1e-4

@@ -139,7 +139,8 @@ def test_wheel_ships_the_pretrained_models_and_the_install_loads_them(target: Pa
             assert f"diffkit/pretrained/{name}/{file}" in names
     script = (
         "import diffkit; from diffkit.plugins.pretrained import load_pretrained\n"
-        "model = load_pretrained('moons', diffkit.build_registry().build('process', 'vp', {}))\n"
+        "registry = diffkit.build_registry()\n"
+        "model = load_pretrained('moons', registry.build('process', 'vp', {}), registry)\n"
         "import diffkit.pretrained as p; print(p.__file__, model.kind)"
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("DIFFKIT_")}

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from diffkit.process import discrete_process
 from diffkit.schedules import LinearBetaProcess, ddpm_linear_alpha_bar, vp_t_from_log_alpha
+from diffkit.traits import ProcessTraits, traits_of
 
 DEFAULT_STEPS = 1000  # knots of the DDPM chain of a continuous VP-family process
 
@@ -41,13 +43,13 @@ def vp_chain_alpha_bar(num_steps: int, beta_min: float, beta_max: float) -> torc
     return ddpm_linear_alpha_bar(num_steps, beta_min / num_steps, beta_max / num_steps)
 
 
-def matched_alpha_squared(alpha_bar: torch.Tensor, features: frozenset[str]) -> torch.Tensor:
+def matched_alpha_squared(alpha_bar: torch.Tensor, traits: ProcessTraits) -> torch.Tensor:
     """alpha(t)^2 `(N,)` of a VP or sub-VP process where its SNR is the chain's, alpha_bar / (1 - alpha_bar).
 
     VP: alpha^2 = alpha_bar. Sub-VP (sigma = 1 - alpha^2): `a / (1 - a)^2 = snr` for a =
     alpha^2, whose root in (0, 1) is `2 snr / (2 snr + 1 + sqrt(4 snr + 1))` (stable form).
     """
-    if "variance-preserving" in features:
+    if traits.variance_preserving:
         return alpha_bar
     snr = alpha_bar / (1.0 - alpha_bar)
     return 2.0 * snr / (2.0 * snr + 1.0 + torch.sqrt(4.0 * snr + 1.0))
@@ -55,11 +57,11 @@ def matched_alpha_squared(alpha_bar: torch.Tensor, features: frozenset[str]) -> 
 
 def is_vp_family(process: Any) -> bool:
     """True for processes with a DDPM chain: discrete ones and linear-beta VP / sub-VP SDEs."""
-    features = frozenset(getattr(process, "features", ()))
-    if "discrete" in features:
+    if discrete_process(process) is not None:
         return True
-    vp_family = features & {"variance-preserving", "sub-variance-preserving"}
-    return bool(vp_family) and isinstance(process, LinearBetaProcess)
+    traits = traits_of(process)
+    vp_family = traits.variance_preserving or traits.sub_variance_preserving
+    return vp_family and isinstance(process, LinearBetaProcess)
 
 
 @dataclass(frozen=True)
@@ -85,25 +87,26 @@ class DiscreteSchedule:
         Discrete processes use their table and times i / N (`num_steps` must be None or their
         N). Continuous `vp` / `subvp` use `vp_chain_alpha_bar(num_steps or 1000, beta_min,
         beta_max)` and `t_i = vp_t_from_log_alpha(log alpha)` with `alpha^2 =
-        matched_alpha_squared(alpha_bar, features)`. Anything else raises ValueError.
+        matched_alpha_squared(alpha_bar, traits)`. Anything else raises ValueError.
         """
-        features = frozenset(getattr(process, "features", ()))
-        if "discrete" in features:
-            if num_steps not in (None, process.num_steps):
+        discrete = discrete_process(process)
+        if discrete is not None:
+            if num_steps not in (None, discrete.num_steps):
                 raise ValueError(
-                    f"a discrete process has its own {process.num_steps} steps, not {num_steps}"
+                    f"a discrete process has its own {discrete.num_steps} steps, not {num_steps}"
                     " (set them with --sde-opt num_steps=N)"
                 )
-            return cls(process.alpha_bar_table.to(torch.float64), process.discrete_times)
+            return cls(discrete.alpha_bar_table.to(torch.float64), discrete.discrete_times)
         if not is_vp_family(process):
             raise ValueError(
                 "the variational bound needs a VP-family process (ddpm, ddpm-cosine, vp, subvp), "
                 f"got {type(process).__name__}"
             )
         alpha_bar = vp_chain_alpha_bar(num_steps or DEFAULT_STEPS, process.beta_min, process.beta_max)
-        log_alpha = 0.5 * torch.log(matched_alpha_squared(alpha_bar, features))
+        traits = traits_of(process)
+        log_alpha = 0.5 * torch.log(matched_alpha_squared(alpha_bar, traits))
         times = vp_t_from_log_alpha(log_alpha, process.beta_min, process.beta_max)
-        scale = None if "variance-preserving" in features else process.alpha(times) / alpha_bar.sqrt()
+        scale = None if traits.variance_preserving else process.alpha(times) / alpha_bar.sqrt()
         return cls(alpha_bar, times, scale)
 
     @property

@@ -16,6 +16,7 @@ import torch
 
 from diffkit.model import Prediction, ScoreModel
 from diffkit.ncsn import level_times
+from diffkit.process import discrete_process
 from diffkit.shapes import sum_except_batch
 
 Weighting = Literal["standard", "likelihood"]
@@ -26,9 +27,10 @@ def uniform_times(
     process: Any, batch: int, *, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
     """t ~ U[t_min, t_max] `(B,)` float64; on a `discrete` process, the knots i / N, i ~ U{1..N}."""
-    if "discrete" in process.features:
-        index = torch.randint(1, process.num_steps + 1, (batch,), generator=generator, device=device)
-        return index.to(torch.float64) / process.num_steps
+    discrete = discrete_process(process)
+    if discrete is not None:
+        index = torch.randint(1, discrete.num_steps + 1, (batch,), generator=generator, device=device)
+        return index.to(torch.float64) / discrete.num_steps
     u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
     return process.t_min + (process.t_max - process.t_min) * u
 

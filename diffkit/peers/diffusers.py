@@ -33,8 +33,9 @@ import torch
 from diffkit.edm import log_snr_of_sigma_scaled
 from diffkit.model import ScoreModel
 from diffkit.peers.availability import PeerNotInstalled, require
-from diffkit.process import NoiseProcess
+from diffkit.process import NoiseProcess, discrete_process
 from diffkit.shapes import batch_times
+from diffkit.traits import traits_of
 
 #: training steps N of the linear-beta table diffusers gets for a continuous VP process
 VP_TRAIN_STEPS = 1000
@@ -52,7 +53,7 @@ def load_diffusers() -> types.ModuleType:
 
 
 def _is_discrete(process: NoiseProcess) -> bool:
-    return "discrete" in getattr(process, "features", frozenset())
+    return discrete_process(process) is not None
 
 
 def peer_process_options(process: NoiseProcess) -> dict[str, Any] | None:
@@ -65,8 +66,8 @@ def peer_process_options(process: NoiseProcess) -> dict[str, Any] | None:
     """
     if _is_discrete(process):
         return None
-    features = getattr(process, "features", frozenset())
-    if "variance-preserving" in features and hasattr(process, "beta_min") and hasattr(process, "beta_max"):
+    vp = traits_of(process).variance_preserving
+    if vp and hasattr(process, "beta_min") and hasattr(process, "beta_max"):
         n = VP_TRAIN_STEPS
         return {"num_steps": n, "beta_start": process.beta_min / n, "beta_end": process.beta_max / n}
     raise ValueError("diffusers schedulers are discrete DDPM: they run on vp, ddpm or ddpm-cosine")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffkit import parameterization as param
 from diffkit.errors import UsageError
 from diffkit.model import SCORE_SCALINGS, ScoreModel
 from diffkit.options import parse_options
@@ -286,7 +287,7 @@ def load_checkpoint(path: str | Path, registry: Registry, *, weights: str = "ema
         raise UsageError(f"checkpoint weights must be ema or raw, got {weights!r}")
     folder = Path(path)
     record = read_config(folder)
-    checkpoint_record(record, repr(str(folder / CONFIG)))
+    checkpoint_record(record, repr(str(folder / CONFIG)), param.names(registry))
     try:
         network_spec, process_spec = dict(record["network"]), dict(record["process"])
         data_shape = tuple(int(n) for n in record["data_shape"])
@@ -360,7 +361,7 @@ def model_from_checkpoint(
         )
     return ScoreModel(  # a learned variance is split off by the model; `ancestral` uses it
         loaded.network,
-        kind=loaded.kind,
+        kind=param.registered(registry, loaded.kind),
         process=process,
         data_shape=loaded.data_shape,
         learned_variance=loaded.learned_variance,

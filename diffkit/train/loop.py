@@ -68,10 +68,7 @@ def _setup(
     config: TrainConfig, registry: Registry, device: torch.device, dataset: Dataset | None = None
 ) -> _Setup:
     """Build dataset (unless given), process, network and loss; check them on a two-example batch."""
-    if config.kind not in param.KINDS:
-        raise UsageError(
-            f"unknown parameterization --kind {config.kind!r}; expected {', '.join(param.KINDS)}"
-        )
+    parameterization = param.registered(registry, config.kind, flag="--kind ")
     if dataset is None:
         dataset = resolve_dataset(registry, config.data, config.data_options)
     process = registry.build("process", config.process, config.process_options)
@@ -99,7 +96,7 @@ def _setup(
         )
     model = ScoreModel(
         network,
-        kind=config.kind,
+        kind=parameterization,
         process=process,
         data_shape=dataset.data_shape,
         learned_variance=learn_variance,
