@@ -25,7 +25,14 @@ from diffkit.prior_noise import PriorNoise
 from diffkit.process import NoiseProcess
 from diffkit.provenance import jsonable
 from diffkit.registry import Registry, build_registry
-from diffkit.sampler import Sampler, StepInfo, check_composition, check_result, third_party_failure
+from diffkit.sampler import (
+    Sampler,
+    SampleResult,
+    StepInfo,
+    check_composition,
+    check_result,
+    third_party_failure,
+)
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -81,24 +88,16 @@ class SampleRun:
     composition: Composition
 
 
-def _positive(name: str, value: int | None) -> None:
-    validate.positive_int(name, value)
-
-
-def _device(name: str) -> torch.device:
-    return validate.device(name)
-
-
 def compose(config: SampleConfig, registry: Registry) -> Composition:
     """Build and cross-check process, model, sampler and grid; raise UsageError on any problem."""
-    _positive("--steps", config.steps)
-    _positive("--num-samples", config.num_samples)
-    _positive("--batch-size", config.batch_size)
+    validate.positive_int("--steps", config.steps)
+    validate.positive_int("--num-samples", config.num_samples)
+    validate.positive_int("--batch-size", config.batch_size)
     validate.seed("--seed", config.seed)
     validate.finite("--guidance-scale", config.guidance_scale)
     if config.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {config.dtype!r}; expected one of {', '.join(DTYPES)}")
-    device = _device(config.device)
+    device = validate.device(config.device)
     if config.steps is not None:  # the grid, float64, and the solver's per-step records
         validate.memory(f"--steps {config.steps}", 64.0 * (config.steps + 1))
     process = registry.build("process", config.process, config.process_options)
@@ -254,81 +253,148 @@ def sample(
     """
     registry = registry or build_registry()
     comp = compose(config, registry)
-    shape = comp.model.data_shape
-    measurement = None
-    if config.inverse is not None:
-        if data is None:
-            raise UsageError(f"{config.inverse} needs measured data (--data)")
-        measurement = comp.model.measurement(data.to(device=comp.device, dtype=comp.dtype), mask)
-        if x_init is None:
-            config = replace(config, num_samples=measurement.known.shape[0])
-        elif x_init.shape[0] != measurement.known.shape[0]:
-            raise UsageError(
-                f"--x-init has {x_init.shape[0]} rows but --data has {measurement.known.shape[0]}"
-            )
-    if x_init is not None:
-        if tuple(x_init.shape[1:]) != shape or x_init.ndim != len(shape) + 1:
-            needed = ", ".join(map(str, ("N", *shape)))
-            raise UsageError(
-                f"--x-init has shape {tuple(x_init.shape)}, but model {config.model!r} needs ({needed})"
-            )
-        num_samples = x_init.shape[0]
-    else:
-        num_samples = config.num_samples
-        generator = torch.Generator(device=comp.device).manual_seed(config.seed)
-        prior = PriorNoise(comp.process, num_samples, shape, generator, comp.device, comp.dtype)
+    config, measurement = _bind_measurement(config, comp, x_init, data, mask)
+    num_samples = _check_x_init(config, comp, x_init)
     batch_size = config.batch_size or num_samples
+    source = x_init if x_init is not None else _prior(config, comp, num_samples)
+    start = time.perf_counter()
+    samples, nfes, steps = _run_batches(
+        config, registry, comp, source, num_samples, batch_size, measurement, progress
+    )
+    seconds = time.perf_counter() - start
+    resolved = _provenance(config, comp, num_samples, batch_size, x_init is not None, nfes, steps)
+    return SampleRun(samples, max(nfes), max(steps), seconds, resolved, comp)
+
+
+def _bind_measurement(
+    config: SampleConfig,
+    comp: Composition,
+    x_init: torch.Tensor | None,
+    data: torch.Tensor | None,
+    mask: torch.Tensor | None,
+) -> tuple[SampleConfig, Any]:
+    """With `config.inverse`: the measurement of `data` (and `config` sized to its rows); else None."""
+    if config.inverse is None:
+        return config, None
+    if data is None:
+        raise UsageError(f"{config.inverse} needs measured data (--data)")
+    measurement = comp.model.measurement(data.to(device=comp.device, dtype=comp.dtype), mask)
+    if x_init is None:
+        config = replace(config, num_samples=measurement.known.shape[0])
+    elif x_init.shape[0] != measurement.known.shape[0]:
+        raise UsageError(f"--x-init has {x_init.shape[0]} rows but --data has {measurement.known.shape[0]}")
+    return config, measurement
+
+
+def _check_x_init(config: SampleConfig, comp: Composition, x_init: torch.Tensor | None) -> int:
+    """The number of samples: the rows of `x_init` `(N, *data_shape)` (checked), else `num_samples`."""
+    if x_init is None:
+        return config.num_samples
+    shape = comp.model.data_shape
+    if tuple(x_init.shape[1:]) != shape or x_init.ndim != len(shape) + 1:
+        needed = ", ".join(map(str, ("N", *shape)))
+        raise UsageError(
+            f"--x-init has shape {tuple(x_init.shape)}, but model {config.model!r} needs ({needed})"
+        )
+    return x_init.shape[0]
+
+
+def _prior(config: SampleConfig, comp: Composition, num_samples: int) -> PriorNoise:
+    """Prior noise for all `num_samples` samples from one generator seeded with `config.seed`."""
+    generator = torch.Generator(device=comp.device).manual_seed(config.seed)
+    shape = comp.model.data_shape
+    return PriorNoise(comp.process, num_samples, shape, generator, comp.device, comp.dtype)
+
+
+def _run_batches(
+    config: SampleConfig,
+    registry: Registry,
+    comp: Composition,
+    source: torch.Tensor | PriorNoise,
+    num_samples: int,
+    batch_size: int,
+    measurement: Any,
+    progress: Callable[[float], None] | None,
+) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Fill `(num_samples, *data_shape)` batch by batch from `source` (x_init rows or prior noise);
+    return it with the NFE and steps per batch."""
+    shape = comp.model.data_shape
     grid = comp.grid.to(comp.device)
     samples = torch.empty((num_samples, *shape), device=comp.device, dtype=comp.dtype)
     nfes, steps = [], []
     batches = math.ceil(num_samples / batch_size)
     span = comp.process.t_max - comp.process.t_min
-    start = time.perf_counter()
     for index in range(batches):
         first, stop = index * batch_size, min((index + 1) * batch_size, num_samples)
-        if x_init is None:
-            x = prior.take(stop - first)
+        if isinstance(source, PriorNoise):
+            x = source.take(stop - first)
         else:
-            x = x_init[first:stop].to(device=comp.device, dtype=comp.dtype)
+            x = source[first:stop].to(device=comp.device, dtype=comp.dtype)
         forward = None
         if progress is not None:
 
             def forward(info: StepInfo, done: int = index) -> None:
                 progress((done + (comp.process.t_max - float(info.t)) / span) / batches)
 
-        watch = _FiniteWatch(forward)
         rows = None
         if measurement is not None:
             rows = measurement.rows(index * batch_size, (index + 1) * batch_size)
             comp.model.bind(rows)
-        try:
-            result = comp.sampler(
-                comp.model,
-                comp.process,
-                x,
-                grid,
-                generator=_batch_generator(comp.device, config.seed, index),
-                callback=watch,
-            )
-        except DiffkitError:
-            raise
-        except Exception as error:  # a third-party sampler's crash is one line naming its plugin
-            failure = third_party_failure(config.solver, registry, error)
-            if failure is None:
-                raise
-            raise failure from error
-        check_result(result, x, config.solver, registry, watch.flags)  # plugin contract (exit 1)
-        watch.raise_if_nonfinite(result.x, config.solver)
+        result = _sample_batch(config, registry, comp, x, grid, index, forward)
         samples[first:stop] = result.x if rows is None else comp.model.finalize(result.x, rows)
         nfes.append(result.nfe)
         steps.append(result.steps)
-    seconds = time.perf_counter() - start
+    return samples, nfes, steps
+
+
+def _sample_batch(
+    config: SampleConfig,
+    registry: Registry,
+    comp: Composition,
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    index: int,
+    forward: Callable[[StepInfo], None] | None,
+) -> SampleResult:
+    """Run the sampler on batch `index` under a NaN watch; a plugin's crash or broken result is one line."""
+    watch = _FiniteWatch(forward)
+    try:
+        result = comp.sampler(
+            comp.model,
+            comp.process,
+            x,
+            grid,
+            generator=_batch_generator(comp.device, config.seed, index),
+            callback=watch,
+        )
+    except DiffkitError:
+        raise
+    except Exception as error:  # a third-party sampler's crash is one line naming its plugin
+        failure = third_party_failure(config.solver, registry, error)
+        if failure is None:
+            raise
+        raise failure from error
+    check_result(result, x, config.solver, registry, watch.flags)  # plugin contract (exit 1)
+    watch.raise_if_nonfinite(result.x, config.solver)
+    return result
+
+
+def _provenance(
+    config: SampleConfig,
+    comp: Composition,
+    num_samples: int,
+    batch_size: int,
+    from_x_init: bool,
+    nfes: list[int],
+    steps: list[int],
+) -> dict[str, Any]:
+    """The resolved configuration of a finished run, as JSON-ready values (`SampleRun.config`)."""
     resolved = asdict(config) | {
         "num_samples": num_samples,
         "batch_size": batch_size,
         "grid": comp.grid_name,
         "steps": comp.steps,
-        "x_init": x_init is not None,
+        "x_init": from_x_init,
         "nfe_per_batch": nfes,
         "steps_taken_per_batch": steps,
         "capabilities": asdict(comp.sampler.capabilities)
@@ -336,4 +402,4 @@ def sample(
         "process_repr": repr(comp.process),
         "sampler_repr": repr(comp.sampler),
     }
-    return SampleRun(samples, max(nfes), max(steps), seconds, jsonable(resolved), comp)
+    return jsonable(resolved)

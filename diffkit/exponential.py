@@ -276,11 +276,7 @@ class MultistepSampler(FixedStepSampler):
 
     def __post_init__(self) -> None:
         """Validate options; subclasses extend and call super()."""
-        super().__post_init__()
-        if not isinstance(self.lower_order_final, bool):
-            raise ValueError(
-                f"option lower_order_final must be true or false, got {self.lower_order_final!r}"
-            )
+        super().__post_init__()  # checks the bool options
         if self.final_step not in ("solver", "euler"):
             raise ValueError(f"option final_step must be 'solver' or 'euler', got {self.final_step!r}")
 

@@ -8,6 +8,7 @@ strings are parsed against those hints; unknown keys and ill-typed values raise
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -177,3 +178,89 @@ def split_key_values(items: list[str] | tuple[str, ...], flag: str) -> dict[str,
             raise OptionError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+# -- declared option checks ------------------------------------------------------------------
+# An option field declares its constraint in its dataclass metadata, read by `validate_options`:
+#     step_size: float = field(default=1e-3, metadata={"positive": True})
+#     eta: float = field(default=0.0, metadata={"range": (0, 1)})
+#     s_tmax: float = field(default=math.inf, metadata={"range": (0, None), "finite": False})
+#     snr: float | Literal["auto"] = field(default="auto", metadata={"positive": True, "or": ("auto",)})
+# Keys: "positive" (> 0; for an int, >= 1), "range" ((low, high), closed, None = unbounded),
+# "finite" (default True: reject +-inf), "or" (other accepted values). A `bool` field needs no
+# metadata: its type is checked. A field whose default is None also accepts None.
+_CHECK_KEYS = {"positive", "range", "finite", "or"}
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    """True for an int (or, unless `integer`, a non-NaN float), never for a bool."""
+    if integer:
+        return type(value) is int
+    return not isinstance(value, bool) and isinstance(value, int | float) and not math.isnan(value)
+
+
+def _requirement(check: Mapping[str, Any], integer: bool) -> str:
+    """The phrase after `must be`, e.g. `a positive number`, `a finite number >= 0`, `a number in [0, 1]`."""
+    noun = "integer" if integer else "number"
+    low, high = check.get("range", (None, None))
+    if check.get("positive"):
+        text = f"a positive {noun}"
+    elif high is not None:
+        text = f"a {noun} in [{low}, {high}]"
+    else:
+        finite = "finite " if check.get("finite", True) and not integer else ""
+        text = f"a {finite}{noun}" + ("" if low is None else f" >= {low}")
+    extra = check.get("or", ())
+    return text + "".join(f" or {value}" for value in extra)
+
+
+def _is_int_type(annotation: Any) -> bool:
+    """True for `int` or `int | None` (as a type, or as a string under postponed annotations)."""
+    if isinstance(annotation, str):
+        return [part.strip() for part in annotation.split("|") if part.strip() != "None"] == ["int"]
+    return annotation is int or [a for a in typing.get_args(annotation) if a is not type(None)] == [int]
+
+
+def _check_field(name: str, annotation: Any, check: Mapping[str, Any], value: Any) -> None:
+    """Raise ValueError (`option NAME must be ..., got VALUE`) if `value` breaks the field's check."""
+    if annotation is bool or annotation == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"option {name} must be true or false, got {value!r}")
+        return
+    if not check:
+        return
+    unknown = set(check) - _CHECK_KEYS
+    if unknown:
+        raise TypeError(f"option {name}: unknown check keys {sorted(unknown)}")
+    if value in check.get("or", ()) and not isinstance(value, bool | int | float):
+        return
+    integer = _is_int_type(annotation)
+    low, high = check.get("range", (None, None))
+    ok = _is_number(value, integer)
+    if ok and check.get("positive"):
+        ok = value > 0
+    if ok and low is not None:
+        ok = value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if ok and not integer and check.get("finite", True):
+        ok = math.isfinite(value)
+    if not ok:
+        raise ValueError(f"option {name} must be {_requirement(check, integer)}, got {value!r}")
+
+
+def validate_options(instance: Any) -> None:
+    """Check every option field of the dataclass `instance` against its declared type and range.
+
+    Raises ValueError naming the first bad option (the registry turns it into an OptionError).
+    A non-dataclass is left alone.
+    """
+    if not dataclasses.is_dataclass(instance) or isinstance(instance, type):
+        return
+    for spec in dataclasses.fields(instance):
+        if not spec.init:
+            continue
+        value = getattr(instance, spec.name)
+        if value is None and spec.default is None:
+            continue
+        _check_field(spec.name, spec.type, spec.metadata, value)

@@ -46,7 +46,7 @@ from diffkit.errors import (
     UnknownHookError,
 )
 from diffkit.hookcalls import bind_registry, relay, unknown_hooks
-from diffkit.options import parse_options
+from diffkit.options import parse_options, validate_options
 
 KINDS: tuple[str, ...] = (
     "process",
@@ -297,7 +297,9 @@ class Registry:
         component = self.get(kind, name)
         kwargs = parse_options(kind, name, component.factory, options)
         try:
-            return component.factory(*args, **kwargs)
+            built = component.factory(*args, **kwargs)
+            validate_options(built)  # declared option types and ranges (dataclass field metadata)
+            return built
         except (ValueError, TypeError) as error:
             raise OptionError(f"{kind} {name!r}: {error}") from None
         except DiffkitError:

@@ -17,6 +17,7 @@ import torch
 
 from diffkit.grid import check_grid
 from diffkit.model import Prediction, ScoreModel
+from diffkit.options import validate_options
 from diffkit.precision import schedule_dtype
 from diffkit.process import NoiseProcess
 from diffkit.sampler import Callback, Capabilities, SampleResult, StepInfo
@@ -79,6 +80,31 @@ def local_generator(generator: torch.Generator | None, device: torch.device) -> 
     return fresh
 
 
+def finish_run(
+    model: ScoreModel,
+    x: torch.Tensor,
+    t_end: torch.Tensor,
+    n_steps: int,
+    nfe_start: int,
+    *,
+    denoise_final: bool,
+    callback: Callback | None,
+    extras: dict[str, Any] | None = None,
+) -> SampleResult:
+    """End a run at `t_end`: optional final denoise (x0 prediction, one NFE, one callback), result.
+
+    Args:
+        x: the state `(B, *dims)` after the last step; `t_end`: 0-dim time of the last grid point.
+        n_steps: steps taken (reported as `SampleResult.steps` and as the denoise step's index).
+        nfe_start: `model.nfe` before the run, so the result counts this run's evaluations only.
+    """
+    if denoise_final:
+        x = model.predict(x, t_end).x0
+        if callback is not None:
+            callback(StepInfo(n_steps, t_end, x, model.nfe - nfe_start))
+    return SampleResult(x, model.nfe - nfe_start, n_steps, dict(extras or {}))
+
+
 def make_context(
     model: ScoreModel,
     process: NoiseProcess,
@@ -116,9 +142,8 @@ class FixedStepSampler(abc.ABC):
     capabilities: ClassVar[Capabilities]
 
     def __post_init__(self) -> None:
-        """Validate options; subclasses extend and call super()."""
-        if not isinstance(self.denoise_final, bool):
-            raise ValueError(f"option denoise_final must be true or false, got {self.denoise_final!r}")
+        """Check the declared option types and ranges; subclasses extend and call super()."""
+        validate_options(self)
 
     @abc.abstractmethod
     def step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -142,8 +167,12 @@ class FixedStepSampler(abc.ABC):
             x = self.step(ctx, i, x)
             if callback is not None:
                 callback(StepInfo(i, ctx.times[i + 1], x, model.nfe - nfe_start))
-        if self.denoise_final:
-            x = ctx.predict(x, ctx.n_steps).x0
-            if callback is not None:
-                callback(StepInfo(ctx.n_steps, ctx.times[-1], x, model.nfe - nfe_start))
-        return SampleResult(x, model.nfe - nfe_start, ctx.n_steps)
+        return finish_run(
+            model,
+            x,
+            ctx.times[-1],
+            ctx.n_steps,
+            nfe_start,
+            denoise_final=self.denoise_final,
+            callback=callback,
+        )

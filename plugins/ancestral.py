@@ -35,8 +35,7 @@ from typing import ClassVar, Literal
 import torch
 
 from diffkit import Capabilities, Registrar, hookimpl
-from diffkit.dynamics import ancestral_step
-from diffkit.stepping import FixedStepSampler, StepContext
+from diffkit.solvers import FixedStepSampler, StepContext, ancestral_step
 
 VARIANCES: tuple[str, ...] = ("beta", "beta_tilde")
 

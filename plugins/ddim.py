@@ -16,19 +16,20 @@ DPM-Solver++ and UniPC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from diffkit import Capabilities, Registrar, hookimpl
-from diffkit.exponential import (
+from diffkit.solvers import (
+    VE_LOG_SNR,
+    FixedStepSampler,
+    StepContext,
     ddim_noise_h,
     exponential_coefficients,
     exponential_step,
     half_log_snr,
 )
-from diffkit.sampler import VE_LOG_SNR
-from diffkit.stepping import FixedStepSampler, StepContext
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,14 +44,7 @@ class DDIM(FixedStepSampler):
             this is diffusers' final DDIM step to alpha = 1).
     """
 
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        """Validate options (0 <= eta <= 1)."""
-        super().__post_init__()
-        eta = self.eta
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-            raise ValueError(f"option eta must be a number in [0, 1], got {eta!r}")
+    eta: float = field(default=0.0, metadata={"range": (0, 1)})
 
     @property
     def capabilities(self) -> Capabilities:

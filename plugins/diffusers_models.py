@@ -30,10 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffkit import Registrar, ScoreModel, hookimpl
-from diffkit.errors import UsageError
+from diffkit import NoiseProcess, Registrar, ScoreModel, UsageError, hookimpl
 from diffkit.peers.diffusers import diffusers_config
-from diffkit.process import NoiseProcess
 
 PREFIX = "diffusers"
 _KINDS = {"epsilon": "eps", "eps": "eps", "v_prediction": "v", "v": "v", "sample": "x0", "x0": "x0"}

@@ -24,16 +24,18 @@ count (diffusers' `euler_at_final`; a no-op with `denoise_final`).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from diffkit import Capabilities, Registrar, hookimpl
-from diffkit.exponential import (
+from diffkit.solvers import (
+    VE_LOG_SNR,
+    FixedStepSampler,
     MultistepSampler,
     SolverType,
+    StepContext,
     combine,
     dpmpp_multistep_weights,
     exponential_coefficients,
@@ -41,8 +43,6 @@ from diffkit.exponential import (
     half_log_snr,
     singlestep_weights,
 )
-from diffkit.sampler import VE_LOG_SNR
-from diffkit.stepping import FixedStepSampler, StepContext
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,17 +121,13 @@ class DPMSolverPP2MSDE(_Multistep):
     weak-order-2 analysis of this scheme, so only the order of its first-order core is claimed.
     """
 
-    eta: float = 1.0
-    s_noise: float = 1.0
+    eta: float = field(default=1.0, metadata={"range": (0, None)})
+    s_noise: float = field(default=1.0, metadata={"range": (0, None)})
     solver_type: SolverType = "midpoint"
 
     def __post_init__(self) -> None:
-        """Validate options (eta >= 0, s_noise >= 0, solver_type midpoint or heun)."""
+        """Check the declared options (eta, s_noise >= 0; base class), then solver_type."""
         super().__post_init__()
-        for name in ("eta", "s_noise"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ValueError(f"option {name} must be a finite number >= 0, got {value!r}")
         if self.solver_type not in ("midpoint", "heun"):
             raise ValueError(f"option solver_type must be 'midpoint' or 'heun', got {self.solver_type!r}")
 

@@ -20,9 +20,7 @@ from typing import ClassVar
 import torch
 
 from diffkit import Capabilities, Registrar, hookimpl
-from diffkit.dynamics import euler_maruyama_step
-from diffkit.sampler import VE_LOG_SNR
-from diffkit.stepping import FixedStepSampler, StepContext
+from diffkit.solvers import VE_LOG_SNR, FixedStepSampler, StepContext, euler_maruyama_step
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from diffkit import Registrar, ScoreModel, hookimpl
+from diffkit import NoiseProcess, Registrar, ScoreModel, hookimpl
 from diffkit.conditional import class_log_posterior, conditional_eps
 from diffkit.mixture import (
     component_log_joint,
@@ -23,8 +23,7 @@ from diffkit.mixture import (
     mixture_sample,
     perturbed_components,
 )
-from diffkit.process import NoiseProcess
-from diffkit.shapes import batch_times
+from diffkit.solvers import batch_times
 
 
 @dataclass(frozen=True, eq=False)

@@ -5,7 +5,7 @@ Each returns a float64 tensor `(n_steps + 1,)` descending from t_max to t_min.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,11 +44,7 @@ class LogSNRGrid:
 class KarrasGrid:
     """Karras et al. 2022, eq. 5: uniform in s^(1/rho) for s = sigma/alpha, rho = 7 by default."""
 
-    rho: float = 7.0
-
-    def __post_init__(self) -> None:
-        if self.rho <= 0:
-            raise ValueError(f"need rho > 0, got {self.rho}")
+    rho: float = field(default=7.0, metadata={"positive": True})  # checked by the registry's build
 
     def __call__(self, process: NoiseProcess, n_steps: int) -> torch.Tensor:
         """Return the `(n_steps + 1,)` float64 grid."""

@@ -47,12 +47,15 @@ spread 0.997 against quadratic's 1.42 at 10 steps), so pass `--grid karras` ther
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from diffkit import Capabilities, Registrar, hookimpl
-from diffkit.edm import (
+from diffkit import Capabilities, Prediction, Registrar, hookimpl
+from diffkit.solvers import (
+    VE_LOG_SNR,
+    FixedStepSampler,
+    StepContext,
     churn_gamma,
     churn_noise_std,
     churn_sigma,
@@ -64,17 +67,6 @@ from diffkit.edm import (
     sigma_scaled,
     to_scaled,
 )
-from diffkit.model import Prediction
-from diffkit.sampler import VE_LOG_SNR
-from diffkit.stepping import FixedStepSampler, StepContext
-
-
-def _check_number(name: str, value: float, *, allow_inf: bool = False) -> None:
-    """Raise ValueError unless `value` is a non-negative number (finite unless `allow_inf`)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"option {name} must be a number, got {value!r}")
-    if value < 0 or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"option {name} must be {'>= 0' if allow_inf else 'finite and >= 0'}, got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,23 +81,17 @@ class Heun(FixedStepSampler):
         denoise_final: after reaching t_min, return the model's x0 prediction (one extra NFE).
     """
 
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
+    s_churn: float = field(default=0.0, metadata={"range": (0, None)})
+    s_tmin: float = field(default=0.0, metadata={"range": (0, None)})
+    s_tmax: float = field(default=math.inf, metadata={"range": (0, None), "finite": False})
+    s_noise: float = field(default=1.0, metadata={"range": (0, None)})
     euler_last: bool = True
 
     def __post_init__(self) -> None:
-        """Validate the churn options and flags."""
+        """Check the declared options (base class), then s_tmin <= s_tmax."""
         super().__post_init__()
-        _check_number("s_churn", self.s_churn)
-        _check_number("s_tmin", self.s_tmin)
-        _check_number("s_tmax", self.s_tmax, allow_inf=True)
-        _check_number("s_noise", self.s_noise)
         if self.s_tmax < self.s_tmin:
             raise ValueError(f"need s_tmin <= s_tmax, got {self.s_tmin} and {self.s_tmax}")
-        if not isinstance(self.euler_last, bool):
-            raise ValueError(f"option euler_last must be true or false, got {self.euler_last!r}")
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]

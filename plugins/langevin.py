@@ -45,25 +45,13 @@ and more levels refine the annealing, but the error does not fall like a power o
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from diffkit import Capabilities, Registrar, hookimpl
-from diffkit.ncsn import langevin_step, ncsnv2_step_size
-from diffkit.stepping import FixedStepSampler, StepContext
-
-
-def _positive(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"option {name} must be a positive number, got {value!r}")
+from diffkit.solvers import FixedStepSampler, StepContext, langevin_step, ncsnv2_step_size
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,15 +65,10 @@ class Langevin(FixedStepSampler):
         denoise_final: return the model's x0 prediction at the end (one extra NFE).
     """
 
-    step_size: float = 1e-3
+    step_size: float = field(default=1e-3, metadata={"positive": True})
     capabilities: ClassVar[Capabilities] = Capabilities(
         stochastic=True, order=0.0, adaptive=False, nfe_per_step=1, default_grid="uniform", default_steps=1000
     )
-
-    def __post_init__(self) -> None:
-        """Validate options."""
-        super().__post_init__()
-        _positive("step_size", self.step_size)
 
     def step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
         """One Langevin iteration on the score at the grid's last time (grid step i is only a counter)."""
@@ -108,18 +91,8 @@ class AnnealedLangevin(FixedStepSampler):
         denoise_final: NCSNv2's final denoising step x + sigma_L^2 score (the model's x0; one NFE).
     """
 
-    steps_per_level: int = 10
-    step_size: float | None = None
-
-    def __post_init__(self) -> None:
-        """Validate options."""
-        super().__post_init__()
-        if type(self.steps_per_level) is not int or self.steps_per_level < 1:
-            raise ValueError(
-                f"option steps_per_level must be a positive integer, got {self.steps_per_level!r}"
-            )
-        if self.step_size is not None:
-            _positive("step_size", self.step_size)
+    steps_per_level: int = field(default=10, metadata={"positive": True})
+    step_size: float | None = field(default=None, metadata={"positive": True})
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,10 +37,7 @@ from diffkit import (
     StepInfo,
     hookimpl,
 )
-from diffkit.dynamics import reverse_drift
-from diffkit.grid import check_grid
-from diffkit.precision import schedule_dtype
-from diffkit.sampler import Callback
+from diffkit.solvers import Callback, check_grid, reverse_drift, schedule_dtype
 
 try:  # torchdiffeq's own method table: the source of truth for which names it accepts
     from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
@@ -152,11 +149,6 @@ class _ProbabilityFlow:
         self.accepted += 1
 
 
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"option {name} must be a positive number, got {value!r}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class ODESampler:
     """Probability-flow ODE (Song et al. 2021, eq. 13) with any torchdiffeq method.
@@ -171,25 +163,18 @@ class ODESampler:
     """
 
     method: str = "dopri5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    first_step: float | None = None
-    max_num_steps: int = 100_000
+    rtol: float = field(default=1e-5, metadata={"positive": True, "finite": False})
+    atol: float = field(default=1e-5, metadata={"positive": True, "finite": False})
+    first_step: float | None = field(default=None, metadata={"positive": True, "finite": False})
+    max_num_steps: int = field(default=100_000, metadata={"positive": True})
     denoise_final: bool = False
 
     def __post_init__(self) -> None:
+        """Check the method; the declared option ranges are checked by the registry's build."""
         if self.method not in ODE_METHODS:
             raise ValueError(f"unknown ODE method {self.method!r}; expected one of {', '.join(ODE_METHODS)}")
-        _positive("rtol", self.rtol)
-        _positive("atol", self.atol)
-        if self.first_step is not None:
-            _positive("first_step", self.first_step)
-            if not ODE_METHODS[self.method].adaptive:
-                raise ValueError(f"option first_step applies to adaptive methods only, not {self.method!r}")
-        if type(self.max_num_steps) is not int or self.max_num_steps < 1:
-            raise ValueError(f"option max_num_steps must be a positive integer, got {self.max_num_steps!r}")
-        if not isinstance(self.denoise_final, bool):
-            raise ValueError(f"option denoise_final must be true or false, got {self.denoise_final!r}")
+        if self.first_step is not None and not ODE_METHODS[self.method].adaptive:
+            raise ValueError(f"option first_step applies to adaptive methods only, not {self.method!r}")
 
     @property
     def capabilities(self) -> Capabilities:

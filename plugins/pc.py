@@ -50,15 +50,21 @@ alone do not converge in the grid steps).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from diffkit import Capabilities, NoiseProcess, Registrar, hookimpl, traits_of
-from diffkit.dynamics import ancestral_step, euler_maruyama_step, reverse_diffusion_step
-from diffkit.ncsn import langevin_step, snr_step_size
-from diffkit.stepping import FixedStepSampler, StepContext
+from diffkit.solvers import (
+    FixedStepSampler,
+    StepContext,
+    ancestral_step,
+    euler_maruyama_step,
+    langevin_step,
+    reverse_diffusion_step,
+    snr_step_size,
+)
 
 PREDICTORS: tuple[str, ...] = ("auto", "reverse-diffusion", "em", "ancestral", "none")
 CORRECTORS: tuple[str, ...] = ("auto", "langevin", "ald", "none")
@@ -131,8 +137,10 @@ class PredictorCorrector(FixedStepSampler):
 
     predictor: Literal["auto", "reverse-diffusion", "em", "ancestral", "none"] = "auto"
     corrector: Literal["auto", "langevin", "ald", "none"] = "auto"
-    snr: float | Literal["auto"] = "auto"
-    corrector_steps: int = 1
+    snr: float | Literal["auto"] = field(
+        default="auto", metadata={"positive": True, "finite": False, "or": ("auto",)}
+    )
+    corrector_steps: int = field(default=1, metadata={"positive": True})
 
     def __post_init__(self) -> None:
         """Validate options."""
@@ -147,14 +155,6 @@ class PredictorCorrector(FixedStepSampler):
             )
         if self.predictor == "none" and self.corrector == "none":
             raise ValueError("predictor and corrector cannot both be none")
-        if self.snr != "auto" and (
-            isinstance(self.snr, bool) or not isinstance(self.snr, (int, float)) or not self.snr > 0
-        ):
-            raise ValueError(f"option snr must be a positive number or auto, got {self.snr!r}")
-        if type(self.corrector_steps) is not int or self.corrector_steps < 1:
-            raise ValueError(
-                f"option corrector_steps must be a positive integer, got {self.corrector_steps!r}"
-            )
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]

@@ -37,11 +37,15 @@ import torch
 import torchsde
 
 from diffkit import Capabilities, NoiseProcess, Registrar, SampleResult, ScoreModel, StepInfo, hookimpl
-from diffkit.dynamics import reverse_drift
-from diffkit.grid import check_grid
-from diffkit.precision import schedule_dtype
-from diffkit.sampler import VE_LOG_SNR, Callback
-from diffkit.stepping import local_generator
+from diffkit.solvers import (
+    VE_LOG_SNR,
+    Callback,
+    check_grid,
+    finish_run,
+    local_generator,
+    reverse_drift,
+    schedule_dtype,
+)
 
 
 @dataclass(frozen=True)
@@ -151,10 +155,9 @@ class SDESampler:
     denoise_final: bool = False
 
     def __post_init__(self) -> None:
+        """Check the method; the bool option is checked by the registry's build."""
         if self.method not in SDE_METHODS:
             raise ValueError(f"unknown SDE method {self.method!r}; expected one of {', '.join(SDE_METHODS)}")
-        if not isinstance(self.denoise_final, bool):
-            raise ValueError(f"option denoise_final must be true or false, got {self.denoise_final!r}")
 
     @property
     def capabilities(self) -> Capabilities:
@@ -212,12 +215,16 @@ class SDESampler:
                 )[-1]
             if callback is not None:
                 callback(StepInfo(i, grid[i + 1], y.reshape(x_init.shape), model.nfe - nfe_start))
-        x = y.reshape(x_init.shape)
-        if self.denoise_final:
-            x = model.predict(x, grid[-1]).x0
-            if callback is not None:
-                callback(StepInfo(n_steps, grid[-1], x, model.nfe - nfe_start))
-        return SampleResult(x, model.nfe - nfe_start, n_steps, {"method": self.method})
+        return finish_run(
+            model,
+            y.reshape(x_init.shape),
+            grid[-1],
+            n_steps,
+            nfe_start,
+            denoise_final=self.denoise_final,
+            callback=callback,
+            extras={"method": self.method},
+        )
 
 
 def _method_factory(method: str) -> Callable[..., SDESampler]:

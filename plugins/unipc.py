@@ -25,16 +25,16 @@ from dataclasses import dataclass
 import torch
 
 from diffkit import Capabilities, Registrar, hookimpl
-from diffkit.exponential import (
+from diffkit.solvers import (
+    VE_LOG_SNR,
     MultistepSampler,
+    StepContext,
     combine,
     exponential_coefficients,
     exponential_step,
     half_log_snr,
     unipc_weights,
 )
-from diffkit.sampler import VE_LOG_SNR
-from diffkit.stepping import StepContext
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,6 @@ class UniPC(MultistepSampler):
         super().__post_init__()
         if isinstance(self.order, bool) or self.order not in (2, 3):
             raise ValueError(f"option order must be 2 or 3, got {self.order!r}")
-        if not isinstance(self.use_corrector, bool):
-            raise ValueError(f"option use_corrector must be true or false, got {self.use_corrector!r}")
 
     @property
     def capabilities(self) -> Capabilities:

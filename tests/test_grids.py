@@ -92,7 +92,8 @@ def test_fewer_than_one_step_raises(registry, grid_name, n):
 def test_karras_rejects_non_positive_rho(registry):
     from diffkit import OptionError
 
-    with pytest.raises(OptionError, match=re.escape("grid 'karras': need rho > 0, got 0.0")):
+    message = "grid 'karras': option rho must be a positive number, got 0.0"
+    with pytest.raises(OptionError, match=re.escape(message)):
         registry.build("grid", "karras", {"rho": "0"})
 
 

@@ -177,7 +177,7 @@ def test_split_key_values_requires_key_and_equals(item):
             {"sigma_max": "0.001"},
             "process 've': need 0 < sigma_min < sigma_max, got 0.01, 0.001",
         ),
-        ("grid", "karras", {"rho": "-7"}, "grid 'karras': need rho > 0, got -7.0"),
+        ("grid", "karras", {"rho": "-7"}, "grid 'karras': option rho must be a positive number, got -7.0"),
     ],
 )
 def test_constructor_value_error_becomes_option_error(registry, kind, name, options, message):
