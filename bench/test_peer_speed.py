@@ -23,11 +23,11 @@ import torch
 from test_sampler_speed import REGISTRY, _oracle_eval_seconds
 
 import diffkit
-from diffkit.api import SampleConfig, compose
 from diffkit.bench.plan import SolverPlan, steps_for_budget
 from diffkit.bench.spec import BenchConfig, RunSpec
 from diffkit.peers import PeerNotInstalled
 from diffkit.peers.runners import RUNNERS, PeerRunner
+from diffkit.run.api import SampleConfig, compose
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

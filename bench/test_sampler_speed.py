@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.api import SampleConfig, compose
 from diffkit.bench.plan import SolverPlan, default_solvers, steps_for_budget
+from diffkit.run.api import SampleConfig, compose
 
 REGISTRY = diffkit.build_registry()
 SOLVERS = default_solvers(REGISTRY, "vp")

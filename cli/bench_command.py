@@ -12,8 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from diffkit import validate
-from diffkit.api import DTYPES
 from diffkit.bench.compare import head_to_head_table, implementations, peer_markdown
 from diffkit.bench.pareto import save_pareto
 from diffkit.bench.report import build_summary, quality_table, render_markdown
@@ -21,13 +19,15 @@ from diffkit.bench.runner import Runner
 from diffkit.bench.spec import DEFAULT_BUDGETS, DEFAULT_NUM_SAMPLES, METRICS, BenchConfig
 from diffkit.bench.sweep import SweepResult, run_sweep
 from diffkit.cli.main import fail, handle_errors, load_registry
-from diffkit.errors import UsageError
-from diffkit.io import check_folder, write_with
-from diffkit.options import split_key_values
+from diffkit.core.errors import UsageError
 from diffkit.peers import parse_peers
 from diffkit.peers.runners import peer_runners as build_peer_runners
-from diffkit.provenance import jsonable
-from diffkit.registry import Registry
+from diffkit.plugin import validate
+from diffkit.plugin.options import split_key_values
+from diffkit.plugin.registry import Registry
+from diffkit.run.api import DTYPES
+from diffkit.run.io import check_folder, write_with
+from diffkit.run.provenance import jsonable
 
 Opts = Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE")]
 

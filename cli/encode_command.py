@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import typer
 
-from diffkit import validate
 from diffkit.cli.main import given, handle_errors, load_registry
-from diffkit.encoding import decode, encode
-from diffkit.errors import UsageError
-from diffkit.io import check_writable, make_parent, read_real, write_samples, write_with
-from diffkit.likelihood_run import build_model, check_data
-from diffkit.options import split_key_values
-from diffkit.process import NoiseProcess
+from diffkit.core.errors import UsageError
+from diffkit.core.process import NoiseProcess
+from diffkit.eval.encoding import decode, encode
+from diffkit.eval.likelihood_eval import build_model, check_data
+from diffkit.plugin import validate
+from diffkit.plugin.options import split_key_values
+from diffkit.run.io import check_writable, make_parent, read_real, write_samples, write_with
 
 LATENT_KEYS = ("model", "sde", "sde_options", "model_options", "method", "rtol", "atol")
 

@@ -12,12 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffkit import validate
 from diffkit.classifier import shipped_classifiers
 from diffkit.cli.main import handle_errors, load_registry
-from diffkit.errors import UsageError
-from diffkit.image_eval import ImageEvaluation, evaluate_images
-from diffkit.io import read_array
+from diffkit.core.errors import UsageError
+from diffkit.eval.image_eval import ImageEvaluation, evaluate_images
+from diffkit.plugin import validate
+from diffkit.run.io import read_array
 
 
 @handle_errors

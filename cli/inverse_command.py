@@ -9,13 +9,13 @@ from typing import Annotated
 import torch
 import typer
 
-from diffkit.api import SampleConfig, SampleRun
-from diffkit.api import sample as run_sample
 from diffkit.cli.main import handle_errors, load_registry
-from diffkit.colour import colorize_input, colour_scores
-from diffkit.io import check_writable, make_parent, read_real, write_samples
-from diffkit.options import split_key_values
-from diffkit.provenance import machine, versions
+from diffkit.plugin.options import split_key_values
+from diffkit.run.api import SampleConfig, SampleRun
+from diffkit.run.api import sample as run_sample
+from diffkit.run.io import check_writable, make_parent, read_real, write_samples
+from diffkit.run.provenance import machine, versions
+from diffkit.wrappers.colour import colorize_input, colour_scores
 
 _OPT = typer.Option(metavar="KEY=VALUE", help="Option (repeatable).")
 

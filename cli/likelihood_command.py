@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffkit import validate
 from diffkit.cli.main import given, handle_errors, load_registry
-from diffkit.errors import UsageError
-from diffkit.likelihood_run import LikelihoodConfig, evaluate_likelihood, load_points, resolved_levels
-from diffkit.options import split_key_values
+from diffkit.core.errors import UsageError
+from diffkit.eval.likelihood_eval import LikelihoodConfig, evaluate_likelihood, load_points, resolved_levels
+from diffkit.plugin import validate
+from diffkit.plugin.options import split_key_values
 
 
 def _opts(target: str) -> typer.Option:

@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffkit.catalog import render_markdown, sampler_rows
 from diffkit.cli.main import fail, handle_errors, load_registry
-from diffkit.registry import KINDS, Component, Registry
+from diffkit.plugin.catalog import render_markdown, sampler_rows
+from diffkit.plugin.registry import KINDS, Component, Registry
 
 ALIASES = {
     "process": "process",

@@ -1,4 +1,4 @@
-"""`diffkit` command: a thin typer shell over `diffkit.api` (parse, resolve names, write files)."""
+"""`diffkit` command: a thin typer shell over `diffkit.run.api` (parse, resolve names, write files)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import get_current_context
     from click.core import ParameterSource
 
-from diffkit.errors import DiffkitError, SamplingError, UsageError
-from diffkit.registry import Registry, build_registry
+from diffkit.core.errors import DiffkitError, SamplingError, UsageError
+from diffkit.plugin.registry import Registry, build_registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,17 +13,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from diffkit.api import SampleConfig, SampleRun
-from diffkit.api import sample as run_sample
 from diffkit.cli.main import given, handle_errors, load_registry
-from diffkit.errors import OutputError, UsageError
-from diffkit.io import check_writable, make_parent, read_real, write_samples
-from diffkit.memory import release_free_memory
-from diffkit.options import split_key_values
-from diffkit.plot import save_plot
-from diffkit.provenance import machine, versions
-from diffkit.quality import class_quality, metric_samples, oracle_quality
-from diffkit.registry import Registry
+from diffkit.core.errors import OutputError, UsageError
+from diffkit.eval.sample_quality import class_quality, metric_samples, oracle_quality
+from diffkit.plugin.options import split_key_values
+from diffkit.plugin.registry import Registry
+from diffkit.run.api import SampleConfig, SampleRun
+from diffkit.run.api import sample as run_sample
+from diffkit.run.io import check_writable, make_parent, read_real, write_samples
+from diffkit.run.memory import release_free_memory
+from diffkit.run.plot import save_plot
+from diffkit.run.provenance import machine, versions
 
 
 def _completer(kind: str):  # noqa: ANN202 - typer completion callback
@@ -160,7 +160,7 @@ def _refuse_grid_of_adaptive(config: SampleConfig, registry: Registry) -> None:
 
 
 def _run_with_progress(config: SampleConfig, registry: Registry, noise: torch.Tensor | None) -> SampleRun:
-    """Run `diffkit.api.sample` with a progress bar on stderr (only when stderr is a terminal)."""
+    """Run `diffkit.run.api.sample` with a progress bar on stderr (only when stderr is a terminal)."""
     console = Console(stderr=True)
     bar = Progress(
         TextColumn("sampling"),

@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from diffkit.cli.main import fail, handle_errors, interruption, load_registry
-from diffkit.datafile import resolve_dataset
-from diffkit.options import split_key_values
+from diffkit.plugin.options import split_key_values
+from diffkit.plugin.validate import check_train_numbers
+from diffkit.run.datafile import resolve_dataset
 from diffkit.train import TrainConfig, train
 from diffkit.train.checkpoint import committed
-from diffkit.validate import check_train_numbers
 
 F = TypeVar("F", bound=Callable[..., Any])
 OUT = Path("runs/model")

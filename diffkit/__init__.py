@@ -1,6 +1,6 @@
 """diffkit: diffusion-model noise processes, score models and samplers, composed by plugins."""
 
-from diffkit.errors import (
+from diffkit.core.errors import (
     CompositionError,
     DiffkitError,
     DuplicateComponentError,
@@ -10,19 +10,19 @@ from diffkit.errors import (
     UnknownComponentError,
     UsageError,
 )
-from diffkit.hookspecs import hookimpl
-from diffkit.model import Prediction, ScoreModel
-from diffkit.parameterization import (
+from diffkit.core.model import Prediction, ScoreModel
+from diffkit.core.parameterization import (
     EpsPrediction,
     Parameterization,
     ScorePrediction,
     VPrediction,
     X0Prediction,
 )
-from diffkit.process import DiscreteProcess, LinearGaussianProcess, NoiseProcess, discrete_process
-from diffkit.registry import Registrar, Registry, build_registry
-from diffkit.sampler import Capabilities, Sampler, SampleResult, StepInfo
-from diffkit.traits import ProcessTraits, traits_of
+from diffkit.core.process import DiscreteProcess, LinearGaussianProcess, NoiseProcess, discrete_process
+from diffkit.core.sampler import Capabilities, Sampler, SampleResult, StepInfo
+from diffkit.core.traits import ProcessTraits, traits_of
+from diffkit.plugin.hookspecs import hookimpl
+from diffkit.plugin.registry import Registrar, Registry, build_registry
 
 __version__ = "0.1.0"
 

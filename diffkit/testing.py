@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from diffkit.errors import OptionError
-from diffkit.model import ScoreModel
-from diffkit.registry import Registry
-from diffkit.sampler import Capabilities, Sampler, SampleResult, StepInfo
+from diffkit.core.errors import OptionError
+from diffkit.core.model import ScoreModel
+from diffkit.core.sampler import Capabilities, Sampler, SampleResult, StepInfo
+from diffkit.plugin.registry import Registry
 
 # (model name, model options) pairs: flat 2-D data and an image-shaped (1, 8, 8) mixture
 DATA_CASES: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (

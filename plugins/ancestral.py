@@ -1,7 +1,7 @@
 """DDPM ancestral sampling `ancestral` (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", Alg. 2).
 
 Each grid step from t to s < t samples the Gaussian posterior q(x_s | x_t, x0) of the process
-with x0 replaced by the model's estimate (`diffkit.dynamics.ancestral_step`):
+with x0 replaced by the model's estimate (`diffkit.solvers.dynamics.ancestral_step`):
 
     x_s = (x_t - sigma_{t|s}^2 / sigma_t eps(x_t, t)) / alpha_{t|s} + std z,
     alpha_{t|s} = alpha_t / alpha_s,   sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2,

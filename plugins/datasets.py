@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from diffkit import Registrar, UsageError, hookimpl
-from diffkit.data import Dataset
+from diffkit.run.data import Dataset
 
 _IMAGE_RANGE = (-1.0, 1.0)
 

@@ -10,7 +10,7 @@ with x0 and eps predicted at (x, t_i). For VP sigma_eta is eq. 16's
 `eta sqrt((1 - a_prev)/(1 - a_t)) sqrt(1 - a_t/a_prev)` (a = alpha^2). eta = 0 is the
 deterministic DDIM, i.e. first-order DPM-Solver++ (Lu et al. 2022), and integrates the
 probability-flow ODE with order 1; eta = 1 is DDPM-like ancestral sampling (exact reverse-SDE
-step for constant x0). The step is `diffkit.exponential.exponential_step`, shared with
+step for constant x0). The step is `diffkit.solvers.exponential.exponential_step`, shared with
 DPM-Solver++ and UniPC.
 """
 

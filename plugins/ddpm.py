@@ -17,7 +17,7 @@ import torch
 from torch.nn.functional import logsigmoid
 
 from diffkit import LinearGaussianProcess, ProcessTraits, Registrar, hookimpl
-from diffkit.schedules import ddpm_cosine_alpha_bar, ddpm_linear_alpha_bar
+from diffkit.core.schedules import ddpm_cosine_alpha_bar, ddpm_linear_alpha_bar
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 Lu, Zhou, Bao, Chen, Li & Zhu 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
 Diffusion Probabilistic Models". All four are exponential integrators in data prediction
-(`diffkit.exponential`): each step is the first-order step `exponential_step` with the data
+(`diffkit.solvers.exponential`): each step is the first-order step `exponential_step` with the data
 prediction replaced by a combination D of predictions,
 
 * `dpmpp-2m` (Alg. 2) and `dpmpp-3m`: D extrapolates the last 2 or 3 grid predictions in

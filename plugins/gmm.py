@@ -2,7 +2,7 @@
 
 Under any linear-Gaussian process a diagonal Gaussian mixture stays a mixture,
 `p_t = sum_k w_k N(alpha mu_k, diag(alpha^2 s_k^2 + sigma^2))`, so eps, x0, the score and the
-log-density are exact (see `diffkit.mixture`). The three definitions are fixed by DESIGN.md
+log-density are exact (see `diffkit.oracles.mixture`). The three definitions are fixed by DESIGN.md
 section 6; other tools and tests rely on them, so do not change them.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from diffkit import NoiseProcess, Registrar, ScoreModel, hookimpl
-from diffkit.conditional import class_log_posterior, conditional_eps
-from diffkit.mixture import (
+from diffkit.oracles.conditional import class_log_posterior, conditional_eps
+from diffkit.oracles.mixture import (
     component_log_joint,
     mixture_eps,
     mixture_log_prob,

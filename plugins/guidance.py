@@ -2,14 +2,14 @@
 
 Every sampler only calls `model.predict`, so each wrapper works with every sampler:
 `cfg` (Ho & Salimans 2022), `classifier` (Dhariwal & Nichol 2021), `inpaint` and `colorize`
-(Song et al. 2021, App. I.2 and I.3). See `diffkit.guidance` and `diffkit.inverse`.
+(Song et al. 2021, App. I.2 and I.3). See `diffkit.wrappers.guidance` and `diffkit.wrappers.inverse`.
 """
 
 from __future__ import annotations
 
 from diffkit import Registrar, hookimpl
-from diffkit.guidance import cfg, classifier
-from diffkit.inverse import colorize, inpaint
+from diffkit.wrappers.guidance import cfg, classifier
+from diffkit.wrappers.inverse import colorize, inpaint
 
 
 @hookimpl

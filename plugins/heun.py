@@ -2,7 +2,7 @@
 
 Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models",
 Alg. 1 (deterministic) and Alg. 2 (churn), generalised to every linear-Gaussian process by
-working in EDM's scaled coordinates x_s = x / alpha, sigma_s = sigma / alpha (`diffkit.edm`):
+working in EDM's scaled coordinates x_s = x / alpha, sigma_s = sigma / alpha (`diffkit.solvers.edm`):
 for VE (alpha = 1) it is exactly EDM, for VP it is the same probability-flow ODE in EDM form.
 One step from grid time t_i to t_{i+1} (sigma_i, sigma_{i+1} are sigma_s on the grid):
 

@@ -18,7 +18,7 @@ Langevin iterations at level t_{i+1} with step
 sigma_i = sigma(t_{i+1}) being the noise std at that level and sigma_L = sigma(grid[-1]).
 The default `log-snr` grid is geometric in sigma/alpha between the process's ends, i.e. NCSN's
 geometric sequence sigma_1 > ... > sigma_L on VE (where alpha = 1). Other sequences, e.g. the
-NCSNv2 recipe, are grids built with `diffkit.ncsn.geometric_levels` and `level_times`, which
+NCSNv2 recipe, are grids built with `diffkit.solvers.ncsn.geometric_levels` and `level_times`, which
 maps a level sigma to the time whose sigma(t)/alpha(t) equals it (t_from_log_snr(-2 log sigma)).
 
 Example -- the seed survey's two-mode figure (gmm:two-modes on ve, weights 0.2 / 0.8, modes at

@@ -13,7 +13,7 @@ import torch
 
 from diffkit import Registrar, ScoreModel, hookimpl
 from diffkit import losses as L
-from diffkit.ncsn import geometric_levels
+from diffkit.solvers.ncsn import geometric_levels
 
 
 class Loss(Protocol):

@@ -6,14 +6,14 @@ Each grid step from t_i to t_{i+1} < t_i runs a predictor (one model call), whic
 along the reverse SDE to t_{i+1}, then `corrector_steps` corrector updates (one model call each),
 which are score-based MCMC steps targeting p_{t_{i+1}}:
 
-Predictors (`diffkit.dynamics`):
+Predictors (`diffkit.solvers.dynamics`):
     reverse-diffusion  x <- (2 - alpha_{t|s}) x + sigma_{t|s}^2 score + sigma_{t|s} z   (App. E, eq. 47)
     em                 reverse-SDE Euler–Maruyama, exactly the `em` sampler's step (every step,
                        the last one included, adds its noise, as `em` does)
     ancestral          the DDPM posterior step of the `ancestral` sampler (variance beta_tilde)
     none               corrector only (with `ald`: annealed Langevin dynamics on the grid)
 
-Correctors (`diffkit.ncsn.langevin_step`, update x + e score + sqrt(2 e) z):
+Correctors (`diffkit.solvers.ncsn.langevin_step`, update x + e score + sqrt(2 e) z):
     langevin  e = 2 a (r ||z|| / ||score||)^2 per sample (Alg. 4 on VE, Alg. 5 on VP)
     ald       e = 2 a (r sigma_{t_{i+1}})^2, score_sde's annealed Langevin corrector (NCSN's rule)
     none      predictor only

@@ -12,7 +12,7 @@ Step i (from lam_i = log(alpha/sigma) at t_i to lam_{i+1}) makes one model call,
    predictions.
 
 Both are the shared first-order exponential step with a combined data prediction
-(`diffkit.exponential.unipc_weights`). Orders warm up (step i has at most i + 1) and ramp down
+(`diffkit.solvers.exponential.unipc_weights`). Orders warm up (step i has at most i + 1) and ramp down
 at the end like DPM-Solver++ (`lower_order_final` below 15 steps, `final_step`; the denoising
 step of `denoise_final`, when on, is the final one, first order, from the uncorrected state,
 exactly diffusers' UniPCMultistepScheduler final step to sigma = 0).

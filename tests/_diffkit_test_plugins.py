@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 import diffkit
-from diffkit.sampler import SampleResult, StepInfo
+from diffkit.core.sampler import SampleResult, StepInfo
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 import diffkit
-from diffkit.metrics import NoiseFloor, sliced_wasserstein, sliced_wasserstein_floor
-from diffkit.shapes import append_dims
+from diffkit.core.shapes import append_dims
+from diffkit.eval.metrics import NoiseFloor, sliced_wasserstein, sliced_wasserstein_floor
 
 #: projections for the sliced Wasserstein checks (fewer than the default 512, to stay fast)
 PROJECTIONS = 128

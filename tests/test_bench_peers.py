@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit.api import SampleConfig, sample
 from diffkit.bench import runner as bench_runner
 from diffkit.bench.plan import SolverPlan, steps_for_budget
 from diffkit.bench.records import FIELDS
@@ -22,6 +21,7 @@ from diffkit.peers import PeerNotInstalled
 from diffkit.peers import diffusers as hf
 from diffkit.peers import runners as peer_runners
 from diffkit.peers.kdiffusion import load_k_diffusion_sampling
+from diffkit.run.api import SampleConfig, sample
 
 pytest.importorskip("diffusers")
 try:  # `import k_diffusion` runs its package __init__ (torchvision, clean-fid, ...): use the bridge

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import diffkit
 from diffkit.cli.main import app
-from diffkit.colour import colorize_input, colour_scores
-from diffkit.data import Dataset
-from diffkit.errors import OptionError, UsageError
+from diffkit.core.errors import OptionError, UsageError
+from diffkit.run.data import Dataset
+from diffkit.wrappers.colour import colorize_input, colour_scores
 
 #: `chroma_corr` of the shipped `photos` model on the test's 100 held-out patches (em, 50 steps,
 #: seed 0) measured 0.266; a model or wrapper that no longer follows the gray input gives about 0.

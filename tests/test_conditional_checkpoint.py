@@ -15,11 +15,11 @@ import torch
 from typer.testing import CliRunner
 
 from diffkit import ScoreModel
-from diffkit.api import SampleConfig, build_model, sample
 from diffkit.cli.main import app
-from diffkit.errors import UsageError
-from diffkit.guidance import cfg
+from diffkit.core.errors import UsageError
+from diffkit.run.api import SampleConfig, build_model, sample
 from diffkit.train import TrainConfig, load_checkpoint, train
+from diffkit.wrappers.guidance import cfg
 
 runner = CliRunner()
 SMALL = {"hidden": "16", "depth": "1", "time_dim": "8"}

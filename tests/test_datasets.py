@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import diffkit
 from diffkit.cli.main import app
-from diffkit.data import Dataset
+from diffkit.run.data import Dataset
 
 TOYS: tuple[str, ...] = ("moons", "swiss-roll", "circles", "checkerboard")
 #: Labelled toys and their class counts (moons: which moon; circles: outer 0 / inner 1).

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import diffkit
 from diffkit.cli.main import app
-from diffkit.errors import UsageError
+from diffkit.core.errors import UsageError
 
 diffusers = pytest.importorskip("diffusers")
 N = 1000

@@ -15,7 +15,7 @@ from _helpers import (
 )
 
 import diffkit
-from diffkit.errors import OptionError
+from diffkit.core.errors import OptionError
 from diffkit.plugins.em import EulerMaruyama
 from diffkit.testing import empirical_order
 
@@ -149,7 +149,7 @@ def test_vp_end_time_is_within_the_d64_floor(registry: diffkit.Registry) -> None
     the default end time must sit within 2 floor standard deviations of exact data samples; the
     former t_min = 1e-3 is the negative control (about +5).
     """
-    from diffkit.metrics import within_mode_spread
+    from diffkit.eval.metrics import within_mode_spread
 
     def spreads(t_min: float | None, exact_data: bool) -> list[float]:
         process = registry.build("process", "vp", {} if t_min is None else {"t_min": t_min})

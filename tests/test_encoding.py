@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from diffkit.cli.main import app
-from diffkit.encoding import decode, encode, relative_error
+from diffkit.eval.encoding import decode, encode, relative_error
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ import torch
 from _helpers import at_floor, distance_to_data, prior_noise, ring8_floor, ring8_quality
 
 import diffkit
-from diffkit.errors import OptionError
-from diffkit.exponential import (
+from diffkit.core.errors import OptionError
+from diffkit.solvers.exponential import (
     LOWER_ORDER_FINAL_BELOW,
     dpmpp_multistep_weights,
     half_log_snr,

@@ -10,7 +10,7 @@ import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 import diffkit
-from diffkit.errors import OptionError, PluginLoadWarning
+from diffkit.core.errors import OptionError, PluginLoadWarning
 from diffkit.plugins.gmm import (
     GaussianMixture,
     OracleModel,

@@ -1,4 +1,4 @@
-"""Built-in time grids (plugins/grids.py) and `diffkit.grid.check_grid`.
+"""Built-in time grids (plugins/grids.py) and `diffkit.core.grid.check_grid`.
 
 Closed forms: uniform t_i = t_max + (i/n)(t_min - t_max); quadratic
 t_i = t_min + (t_max - t_min)(1 - i/n)^2; log-snr uniform in lambda (Lu et al. 2022); karras
@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from diffkit.grid import check_grid
+from diffkit.core.grid import check_grid
 
 F64 = torch.float64
 GRIDS = ("uniform", "log-snr", "karras", "quadratic")

@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 from diffkit import build_registry
 from diffkit.cli.main import app
-from diffkit.errors import UsageError
-from diffkit.guidance import CFGModel, ClassifierGuidedModel
-from diffkit.metrics import sliced_wasserstein, sliced_wasserstein_floor
+from diffkit.core.errors import UsageError
+from diffkit.eval.metrics import sliced_wasserstein, sliced_wasserstein_floor
 from diffkit.plugins.gmm import ConditionalOracleModel, GaussianMixture
 from diffkit.testing import count_network_calls
+from diffkit.wrappers.guidance import CFGModel, ClassifierGuidedModel
 
 N = 3000
 LABEL = 2

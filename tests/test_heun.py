@@ -18,8 +18,8 @@ from _helpers import (
 )
 
 import diffkit
-from diffkit.edm import ode_derivative
-from diffkit.errors import OptionError
+from diffkit.core.errors import OptionError
+from diffkit.solvers.edm import ode_derivative
 from diffkit.testing import check_convergence_order, check_sampler_conformance
 
 #: asymptotic range on gmm:ring8 with the default (quadratic) grid, float64: local slopes
@@ -85,7 +85,7 @@ def test_euler_last_step_is_ddim(registry: diffkit.Registry) -> None:
 
 
 def test_edm_derivative_is_the_eps_prediction(registry: diffkit.Registry) -> None:
-    """(x/alpha - D) / (sigma/alpha) equals eps, so Euler in EDM coordinates is DDIM (diffkit.edm)."""
+    """(x/alpha - D) / (sigma/alpha) equals eps, so Euler in EDM coordinates is DDIM (diffkit.solvers.edm)."""
     ve, model = build(registry, "subvp")
     x = prior_noise(ve, model, 16, seed=4)
     t = torch.tensor(0.3, dtype=torch.float64)

@@ -16,8 +16,8 @@ from diffkit.classifier.net import batched
 from diffkit.classifier.shipped import classifier_record
 from diffkit.classifier.train import HELD_OUT, SPLIT_SEED, accuracy
 from diffkit.cli.main import app
-from diffkit.image_eval import evaluate_images, score_images
-from diffkit.image_metrics import (
+from diffkit.eval.image_eval import evaluate_images, score_images
+from diffkit.eval.image_metrics import (
     feature_frechet_distance,
     frechet_distance,
     gaussian_fit,

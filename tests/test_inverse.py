@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from diffkit import build_registry
 from diffkit.cli.main import app
-from diffkit.inverse import InverseModel, colorize_measurement, gray_transform, inpaint_measurement
-from diffkit.metrics import sliced_wasserstein, sliced_wasserstein_floor
-from diffkit.mixture import component_log_joint
+from diffkit.eval.metrics import sliced_wasserstein, sliced_wasserstein_floor
+from diffkit.oracles.mixture import component_log_joint
 from diffkit.plugins.gmm import GaussianMixture, OracleModel
 from diffkit.testing import count_network_calls
+from diffkit.wrappers.inverse import InverseModel, colorize_measurement, gray_transform, inpaint_measurement
 
 N = 3000
 KNOWN = torch.tensor([1, 1, 0, 0])

@@ -1,4 +1,4 @@
-"""Plain and annealed Langevin dynamics (`langevin`, `ald`) and the NCSN recipes of `diffkit.ncsn`."""
+"""Plain and annealed Langevin dynamics (`langevin`, `ald`) and the NCSN recipes of `diffkit.solvers.ncsn`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from _helpers import TimeRecorder, prior_noise
 
-from diffkit import ncsn
-from diffkit.errors import OptionError
+from diffkit.core.errors import OptionError
+from diffkit.solvers import ncsn
 
 F64 = torch.float64
 CIFAR10 = dict(dim=3072, sigma_1=50.0, levels=232, steps=5, eps=6.2e-6)  # NCSNv2 configs/cifar10.yml

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.dynamics import ancestral_step, gaussian_transition
-from diffkit.model import split_learned_variance
+from diffkit.core.model import split_learned_variance
+from diffkit.solvers.dynamics import ancestral_step, gaussian_transition
 
 F64 = torch.float64
 

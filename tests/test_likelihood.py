@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffkit.likelihood import (
+from diffkit.eval.log_likelihood import (
     dequantization_offset_nats,
     dequantize,
     exact_divergence,

@@ -13,9 +13,14 @@ import torch
 from typer.testing import CliRunner
 
 from diffkit.cli.main import app
-from diffkit.errors import UsageError
-from diffkit.likelihood import dequantization_offset_nats, dequantize, level_scale, ode_log_likelihood
-from diffkit.likelihood_run import LikelihoodConfig, evaluate_likelihood, load_points
+from diffkit.core.errors import UsageError
+from diffkit.eval.likelihood_eval import LikelihoodConfig, evaluate_likelihood, load_points
+from diffkit.eval.log_likelihood import (
+    dequantization_offset_nats,
+    dequantize,
+    level_scale,
+    ode_log_likelihood,
+)
 from diffkit.losses.chain import DiscreteSchedule, vp_chain_alpha_bar
 from diffkit.losses.vlb import vlb_terms
 from diffkit.plugins.gmm import GaussianMixture, OracleModel

@@ -11,9 +11,9 @@ import torch
 import diffkit
 from diffkit import ScoreModel
 from diffkit import losses as L
-from diffkit.errors import PluginLoadWarning
+from diffkit.core.errors import PluginLoadWarning
 from diffkit.losses.vlb import DiscreteSchedule
-from diffkit.ncsn import geometric_levels
+from diffkit.solvers.ncsn import geometric_levels
 
 BATCH = 4096
 

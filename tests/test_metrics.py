@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffkit.metrics import (
+from diffkit.eval.metrics import (
     quantile_steps,
     sliced_wasserstein,
     sliced_wasserstein_floor,

@@ -13,7 +13,7 @@ import statistics
 import pytest
 import torch
 
-from diffkit.metrics import (
+from diffkit.eval.metrics import (
     component_scale,
     gaussian_mmd2,
     kernel_self_mean,
@@ -28,7 +28,7 @@ from diffkit.metrics import (
     wasserstein2_sorted,
     within_mode_spread,
 )
-from diffkit.mixture import mixture_sample
+from diffkit.oracles.mixture import mixture_sample
 
 N = 2000
 #: chi-square 0.999 quantile with 7 degrees of freedom (8 ring8 modes)

@@ -10,7 +10,7 @@ import torch
 
 import diffkit
 from diffkit import ScoreModel
-from diffkit.errors import OptionError, PluginLoadWarning
+from diffkit.core.errors import OptionError, PluginLoadWarning
 from diffkit.losses import l_simple
 from diffkit.nn import LabelEmbedding, MLPScoreNet, UNet, sinusoidal_embedding
 

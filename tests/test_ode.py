@@ -15,7 +15,7 @@ from _helpers import (
 )
 
 import diffkit
-from diffkit.errors import OptionError, UnknownComponentError
+from diffkit.core.errors import OptionError, UnknownComponentError
 from diffkit.plugins import ode as ode_plugin
 from diffkit.testing import check_convergence_order
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from diffkit import OptionError
-from diffkit.options import validate_options
+from diffkit.plugin.options import validate_options
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Typed component options (diffkit.options) and how Registry.build reports bad ones."""
+"""Typed component options (diffkit.plugin.options) and how Registry.build reports bad ones."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Literal, Optional
 import pytest
 
 from diffkit import OptionError
-from diffkit.options import option_specs, parse_options, split_key_values
+from diffkit.plugin.options import option_specs, parse_options, split_key_values
 
 VP_OPTIONS = (
     "beta_min (float, default 0.1), beta_max (float, default 20.0), "

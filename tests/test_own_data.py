@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 import diffkit
 from diffkit.cli.main import app
-from diffkit.datafile import file_sha256, load_data_file, resolve_dataset
-from diffkit.errors import UnknownComponentError, UsageError
+from diffkit.core.errors import UnknownComponentError, UsageError
+from diffkit.run.datafile import file_sha256, load_data_file, resolve_dataset
 from diffkit.train import TrainConfig, train
 
 

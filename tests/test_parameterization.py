@@ -1,4 +1,4 @@
-"""eps / x0 / v / score conversions (diffkit.parameterization) and Prediction (diffkit.model).
+"""eps / x0 / v / score conversions (diffkit.core.parameterization) and Prediction (diffkit.core.model).
 
 Ground truth is built forward: draw x0 and eps, set x = alpha x0 + sigma eps, v = alpha eps - sigma x0
 (Salimans & Ho 2022) and score = -(x - alpha x0) / sigma^2 (the score of N(alpha x0, sigma^2 I));
@@ -15,9 +15,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffkit import parameterization as param
-from diffkit.model import Prediction, ScoreModel
-from diffkit.shapes import append_dims
+from diffkit.core import parameterization as param
+from diffkit.core.model import Prediction, ScoreModel
+from diffkit.core.shapes import append_dims
 
 SHAPES = [(64, 2), (16, 1, 8, 8)]
 DTYPES = [torch.float32, torch.float64]

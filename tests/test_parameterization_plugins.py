@@ -22,11 +22,11 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit import parameterization as param
 from diffkit.cli.main import app
-from diffkit.errors import PluginError, UsageError
-from diffkit.model import Prediction, schedule_rates
-from diffkit.shapes import append_dims
+from diffkit.core import parameterization as param
+from diffkit.core.errors import PluginError, UsageError
+from diffkit.core.model import Prediction, schedule_rates
+from diffkit.core.shapes import append_dims
 from diffkit.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
 
 VELOCITY_PLUGIN = """

@@ -9,7 +9,7 @@ import torch
 from _helpers import CHI2_7DOF_999, at_floor, distance_to_data, prior_noise, ring8_floor, ring8_quality
 
 import diffkit
-from diffkit.errors import OptionError
+from diffkit.core.errors import OptionError
 from diffkit.plugins.pc import PredictorCorrector
 from diffkit.testing import check_sampler_conformance
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffkit
-from diffkit.mixture import component_log_joint, perturbed_components
+from diffkit.oracles.mixture import component_log_joint, perturbed_components
 
 PROCESSES = ("vp", "ve", "subvp", "ddpm")
 

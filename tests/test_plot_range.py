@@ -8,7 +8,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from diffkit.plot import IMAGE_RANGE, _figure_images, grid_pixels, save_plot
+from diffkit.run.plot import IMAGE_RANGE, _figure_images, grid_pixels, save_plot
 
 matplotlib.use("Agg")
 

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 import diffkit
 from diffkit import PluginLoadWarning, Registry, UnknownComponentError
 from diffkit.cli.main import app
-from diffkit.errors import UnknownHookError
-from diffkit.hookspecs import PROJECT
+from diffkit.core.errors import UnknownHookError
+from diffkit.plugin.hookspecs import PROJECT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,7 +151,7 @@ def test_a_misspelled_hook_in_a_builtin_is_an_error_naming_it(
 
 
 def test_resolve_is_a_firstresult_hookspec_asked_builtins_first() -> None:
-    assert diffkit.hookspecs.diffkit_resolve.diffkit_spec["firstresult"] is True  # type: ignore[attr-defined]
+    assert diffkit.plugin.hookspecs.diffkit_resolve.diffkit_spec["firstresult"] is True  # type: ignore[attr-defined]
     asked: list[str] = []
 
     def greedy(kind: str, name: str) -> Callable[..., Any]:
@@ -243,7 +243,9 @@ def test_a_factory_declaring_registry_receives_the_registry_that_builds_it() -> 
 def test_the_shipped_models_use_the_registry_they_are_built_from(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = diffkit.build_registry(autoload=False)
     built: list[int] = []
-    monkeypatch.setattr(diffkit.registry, "build_registry", lambda **kw: built.append(1))  # no nested one
+    monkeypatch.setattr(
+        diffkit.plugin.registry, "build_registry", lambda **kw: built.append(1)
+    )  # no nested one
     model = registry.build("model", "moons", {}, registry.build("process", "vp", {}))
     assert built == [] and model.kind == "v"
 
@@ -252,7 +254,7 @@ def test_the_shipped_models_use_the_registry_they_are_built_from(monkeypatch: py
 
 
 def test_unregistered_models_resolve_through_the_model_hook_builtins_first() -> None:
-    from diffkit.api import build_model
+    from diffkit.run.api import build_model
 
     seen: list[tuple[str, object, dict[str, Any]]] = []
 
@@ -271,7 +273,7 @@ def test_unregistered_models_resolve_through_the_model_hook_builtins_first() -> 
     model = build_model(registry, "zoo:moons", {"any": "1"}, "vp", vp, {})
     assert model.kind == "v" and seen == [("zoo:moons", vp, {"any": "1"})]
     failed = r"^plugin 'zoo' \(local module\) failed to resolve model 'zoo:boom': zoo exploded$"
-    with pytest.raises(diffkit.errors.PluginError, match=failed):
+    with pytest.raises(diffkit.core.errors.PluginError, match=failed):
         build_model(registry, "zoo:boom", {}, "vp", vp, {})
     with pytest.raises(diffkit.UsageError, match=r"^zoo: no such animal$"):
         build_model(registry, "zoo:usage", {}, "vp", vp, {})

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 import diffkit
 from diffkit.cli.main import app
-from diffkit.errors import DuplicateComponentError, PluginError
-from diffkit.sampler import SampleResult, check_result
+from diffkit.core.errors import DuplicateComponentError, PluginError
+from diffkit.core.sampler import SampleResult, check_result
 
 runner = CliRunner()
 
@@ -31,7 +31,7 @@ SAMPLER_PLUGIN = """
     from dataclasses import dataclass
     import torch
     import diffkit
-    from diffkit.sampler import SampleResult
+    from diffkit.core.sampler import SampleResult
 
     @dataclass(frozen=True, kw_only=True)
     class Bad:
@@ -48,7 +48,7 @@ SAMPLER_PLUGIN = """
 """
 DUPLICATE_PLUGIN = """
     import diffkit
-    from diffkit.sampler import SampleResult
+    from diffkit.core.sampler import SampleResult
 
     class Em:
         '''Claims the built-in name em.'''

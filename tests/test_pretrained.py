@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffkit.api import SampleConfig, sample
 from diffkit.cli.main import app
-from diffkit.errors import UsageError
-from diffkit.metrics import sliced_wasserstein
+from diffkit.core.errors import UsageError
+from diffkit.eval.metrics import sliced_wasserstein
 from diffkit.pretrained import NAMES, folder
+from diffkit.run.api import SampleConfig, sample
 
 
 def _run(registry, model: str, num: int, seed: int = 0, solver: str = "dpmpp-2m") -> torch.Tensor:

@@ -2,7 +2,7 @@
 `DiscreteProcess`, a process's preferred grid and the schedule check at composition.
 
 `BareFlow` (alpha = 1 - t, sigma = t) has no base class: it writes alpha and sigma and takes
-every other Protocol member from `diffkit.process_defaults`. `ClosedFlow` is the same schedule on
+every other Protocol member from `diffkit.core.process_defaults`. `ClosedFlow` is the same schedule on
 `LinearGaussianProcess` with closed-form f and g^2, so the two must sample alike. This module is
 also the plugin registering both (`DIFFKIT_PLUGINS=test_process_contract` for the CLI).
 """
@@ -20,12 +20,10 @@ import torch
 from typer.testing import CliRunner
 
 import diffkit
-from diffkit.api import SampleConfig, compose, sample
-from diffkit.catalog import sampler_rows
 from diffkit.cli.main import app
-from diffkit.errors import CompositionError
-from diffkit.precision import as_schedule_tensor, result_dtype
-from diffkit.process_defaults import (
+from diffkit.core.errors import CompositionError
+from diffkit.core.precision import as_schedule_tensor, result_dtype
+from diffkit.core.process_defaults import (
     derived_diffusion,
     derived_diffusion_squared,
     derived_f,
@@ -36,6 +34,8 @@ from diffkit.process_defaults import (
     gaussian_prior_sample,
     linear_drift,
 )
+from diffkit.plugin.catalog import sampler_rows
+from diffkit.run.api import SampleConfig, compose, sample
 
 F64 = torch.float64
 
@@ -274,8 +274,8 @@ def test_schedule_problem_finds_interior_points_and_missing_discrete_members() -
             value = derived_log_snr(self, t)
             return torch.where((as_schedule_tensor(t) - 0.5).abs() < 0.01, math.nan, value)
 
-    assert diffkit.process.schedule_problem(BareFlow()) is None
-    assert diffkit.process.schedule_problem(Hole(t_min=0.0 + 0.1, t_max=0.9)) == (
+    assert diffkit.core.process.schedule_problem(BareFlow()) is None
+    assert diffkit.core.process.schedule_problem(Hole(t_min=0.0 + 0.1, t_max=0.9)) == (
         "has log-SNR = nan at t = 0.5; alpha and sigma must be positive and finite, and the log-SNR "
         "finite, on [t_min, t_max] = [0.1, 0.9]"
     )
@@ -285,7 +285,7 @@ def test_schedule_problem_finds_interior_points_and_missing_discrete_members() -
         traits: ClassVar[diffkit.ProcessTraits] = diffkit.ProcessTraits(discrete=True)
 
     assert diffkit.discrete_process(FakeDiscrete()) is None
-    assert diffkit.process.schedule_problem(FakeDiscrete()) == (
+    assert diffkit.core.process.schedule_problem(FakeDiscrete()) == (
         "has the discrete trait but no num_steps, discrete_times, alpha_bar_table (see DiscreteProcess)"
     )
 
@@ -315,7 +315,7 @@ def test_traits_of_the_wrong_type_fail_at_composition(flow_registry: diffkit.Reg
 
     sampler = flow_registry.build("sampler", "ddim", {})
     with pytest.raises(CompositionError) as caught:
-        diffkit.sampler.check_composition("ddim", sampler, "untyped", Untyped())
+        diffkit.core.sampler.check_composition("ddim", sampler, "untyped", Untyped())
     assert str(caught.value) == "process 'untyped': Untyped.traits is a frozenset, not ProcessTraits"
 
 

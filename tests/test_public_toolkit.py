@@ -24,17 +24,17 @@ PUBLIC = {"diffkit", "diffkit.solvers"}
 # Plugins not yet on public names only (issue 11, parts 1 and 5): the non-sampler plugins use
 # core modules that are not public API yet. Each entry is (plugin file, module it may import).
 ALLOWED = {
-    ("datasets.py", "diffkit.data"),  # Dataset: a data-plugin API is still to be made public
-    ("ddpm.py", "diffkit.schedules"),  # alpha-bar tables: math for the process plugins
-    ("vp.py", "diffkit.schedules"),
-    ("subvp.py", "diffkit.schedules"),
+    ("datasets.py", "diffkit.run.data"),  # Dataset: a data-plugin API is still to be made public
+    ("ddpm.py", "diffkit.core.schedules"),  # alpha-bar tables: math for the process plugins
+    ("vp.py", "diffkit.core.schedules"),
+    ("subvp.py", "diffkit.core.schedules"),
     ("diffusers_models.py", "diffkit.peers.diffusers"),  # diffusers adapter
-    ("gmm.py", "diffkit.conditional"),  # mixture oracles: the gmm plugin's own math
-    ("gmm.py", "diffkit.mixture"),
-    ("guidance.py", "diffkit.guidance"),  # model wrappers
-    ("guidance.py", "diffkit.inverse"),
+    ("gmm.py", "diffkit.oracles.conditional"),  # mixture oracles: the gmm plugin's own math
+    ("gmm.py", "diffkit.oracles.mixture"),
+    ("guidance.py", "diffkit.wrappers.guidance"),  # model wrappers
+    ("guidance.py", "diffkit.wrappers.inverse"),
     ("losses.py", "diffkit.losses"),  # training losses
-    ("losses.py", "diffkit.ncsn"),
+    ("losses.py", "diffkit.solvers.ncsn"),
     ("networks.py", "diffkit.nn"),  # network architectures
     ("pretrained.py", "diffkit.pretrained"),  # shipped weights and checkpoints
     ("pretrained.py", "diffkit.train"),
@@ -73,15 +73,18 @@ def test_builtin_plugins_import_only_public_modules() -> None:
 
 def test_import_scanner_sees_nested_imports(tmp_path: Path) -> None:
     """The scanner finds imports inside functions and submodules named in `from diffkit import`."""
-    source = "from diffkit import hookimpl, losses\ndef f():\n    from diffkit.stepping import StepContext\n"
+    source = (
+        "from diffkit import hookimpl, losses\n"
+        "def f():\n    from diffkit.solvers.stepping import StepContext\n"
+    )
     (tmp_path / "p.py").write_text(source)
-    assert _diffkit_imports(tmp_path / "p.py") == {"diffkit", "diffkit.losses", "diffkit.stepping"}
+    assert _diffkit_imports(tmp_path / "p.py") == {"diffkit", "diffkit.losses", "diffkit.solvers.stepping"}
 
 
 def test_solvers_exports_resolve() -> None:
     """Every name in `diffkit.solvers.__all__` exists and is the implementation's own object."""
-    from diffkit.exponential import MultistepSampler
-    from diffkit.stepping import FixedStepSampler
+    from diffkit.solvers.exponential import MultistepSampler
+    from diffkit.solvers.stepping import FixedStepSampler
 
     assert all(hasattr(diffkit.solvers, name) for name in diffkit.solvers.__all__)
     assert diffkit.solvers.FixedStepSampler is FixedStepSampler

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from diffkit.catalog import render_markdown, sampler_rows
+from diffkit.plugin.catalog import render_markdown, sampler_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- samplers:begin -->", "<!-- samplers:end -->"

@@ -20,7 +20,7 @@ import pytest
 
 import diffkit
 from diffkit import OptionError, PluginLoadWarning, UnknownComponentError
-from diffkit.registry import Registrar, Registry
+from diffkit.plugin.registry import Registrar, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_DIST = "diffkit 0.1.0"

@@ -14,33 +14,33 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import diffkit.io
-import diffkit.plot
-import diffkit.prior_noise
-import diffkit.quality
-from diffkit.api import SampleConfig, sample
+import diffkit.eval.sample_quality
+import diffkit.run.io
+import diffkit.run.plot
+import diffkit.run.prior_noise
 from diffkit.classifier import load_classifier
 from diffkit.classifier.net import batched
 from diffkit.cli.main import app
-from diffkit.image_eval import score_images
-from diffkit.image_metrics import (
+from diffkit.eval.image_eval import score_images
+from diffkit.eval.image_metrics import (
     feature_frechet_distance,
     feature_moments,
     gaussian_fit,
     kernel_inception_distance,
     merge_moments,
 )
-from diffkit.io import atomic_file, write_samples
-from diffkit.metrics import (
+from diffkit.eval.metrics import (
     mode_weight_tv,
     random_directions,
     sliced_wasserstein,
     wasserstein2_1d_squared,
     within_mode_spread,
 )
-from diffkit.prior_noise import PriorNoise
-from diffkit.quality import oracle_quality
-from diffkit.registry import build_registry
+from diffkit.eval.sample_quality import oracle_quality
+from diffkit.plugin.registry import build_registry
+from diffkit.run.api import SampleConfig, sample
+from diffkit.run.io import atomic_file, write_samples
+from diffkit.run.prior_noise import PriorNoise
 
 REGISTRY = build_registry()
 runner = CliRunner()
@@ -49,7 +49,7 @@ runner = CliRunner()
 @pytest.fixture
 def small_draws(monkeypatch: pytest.MonkeyPatch) -> None:
     """Draw the prior 32 values (at least 16 rows) at a time, so small runs take many draws."""
-    monkeypatch.setattr(diffkit.prior_noise, "DRAW_VALUES", 32)
+    monkeypatch.setattr(diffkit.run.prior_noise, "DRAW_VALUES", 32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -134,14 +134,14 @@ def _all_at_once(model, samples: torch.Tensor, seed: int) -> dict[str, float]:  
 
 @pytest.mark.parametrize("name", ["gmm:ring8", "gmm:d64", "gmm:rgb"])
 def test_streamed_oracle_quality_equals_all_at_once(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    monkeypatch.setattr(diffkit.quality, "CHUNK", 37)  # many chunks, the last one short
+    monkeypatch.setattr(diffkit.eval.sample_quality, "CHUNK", 37)  # many chunks, the last one short
     model = REGISTRY.build("model", name, {}, REGISTRY.build("process", "vp", {}))
     samples = 1.2 * model.sample_data(500, generator=torch.Generator().manual_seed(1))
     assert oracle_quality(model, samples, seed=3) == _all_at_once(model, samples, seed=3)
 
 
 def test_sliced_w2_uses_the_first_samples_beyond_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(diffkit.quality, "CHUNK", 64)
+    monkeypatch.setattr(diffkit.eval.sample_quality, "CHUNK", 64)
     model = REGISTRY.build("model", "gmm:ring8", {}, REGISTRY.build("process", "vp", {}))
     samples = 1.2 * model.sample_data(450, generator=torch.Generator().manual_seed(1))
     quality = oracle_quality(model, samples, seed=3, limit=100)
@@ -189,7 +189,7 @@ def test_streamed_image_scores_equal_all_at_once() -> None:
 
 
 def test_write_samples_streams_blocks_into_the_npz(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(diffkit.io, "WRITE_ROWS", 7)
+    monkeypatch.setattr(diffkit.run.io, "WRITE_ROWS", 7)
     samples = torch.randn(50, 3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     path = tmp_path / "s.npz"
     write_samples(path, samples, 12, 0.5, {"seed": 3})
@@ -220,7 +220,7 @@ def test_full_disk_while_writing_the_plot_publishes_neither(
     assert _run(out, "--seed", "1").exit_code == 0
     old = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     assert sorted(old) == ["s.npz", "s.png"]
-    monkeypatch.setattr(diffkit.plot, "write_with", _full_disk_plot)
+    monkeypatch.setattr(diffkit.run.plot, "write_with", _full_disk_plot)
     result = _run(out, "--seed", "2")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [

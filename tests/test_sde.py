@@ -17,7 +17,7 @@ from _helpers import (
 )
 
 import diffkit
-from diffkit.errors import OptionError, UnknownComponentError
+from diffkit.core.errors import OptionError, UnknownComponentError
 from diffkit.plugins import sde as sde_plugin
 from diffkit.testing import empirical_order
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffkit.api import SampleConfig, sample
 from diffkit.cli.main import app
-from diffkit.errors import UsageError
-from diffkit.metrics import sliced_wasserstein
+from diffkit.core.errors import UsageError
+from diffkit.eval.metrics import sliced_wasserstein
+from diffkit.run.api import SampleConfig, sample
 from diffkit.train import TrainConfig, load_checkpoint, train
 
 TINY = {"hidden": "32", "depth": "2"}

@@ -20,8 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from diffkit.cli.main import Terminated, app, terminate_raises
-from diffkit.errors import UsageError
-from diffkit.io import atomic_file
+from diffkit.core.errors import UsageError
+from diffkit.run.io import atomic_file
 from diffkit.train import TrainConfig, generation, load_checkpoint, loop, train
 from diffkit.train import checkpoint as ckpt
 
@@ -289,7 +289,7 @@ def test_out_that_is_a_file_or_unwritable_is_refused_before_training(tmp_path: P
 def test_sigterm_while_sample_writes_its_npz_leaves_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from diffkit import io
+    from diffkit.run import io
 
     def write_then_terminated(member, samples) -> None:  # noqa: ANN001
         member.write(b"\x00" * 64)

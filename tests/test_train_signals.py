@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffkit.api import SampleConfig, sample
+from diffkit.run.api import SampleConfig, sample
 from diffkit.train import TrainConfig, generation, load_checkpoint, train
 from diffkit.train import checkpoint as ckpt
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from diffkit.bench.report import LABELS, badness, label
-from diffkit.io import write_with
+from diffkit.run.io import write_with
 
 
 def _series(cells: list[dict[str, Any]], metric: str) -> dict[str, list[tuple[float, float, float]]]:

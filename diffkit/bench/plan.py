@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffkit.bench.spec import DIFFKIT, BenchConfig, RunSpec, run_key
-from diffkit.catalog import sampler_rows
-from diffkit.errors import UsageError
-from diffkit.registry import Registry
-from diffkit.sampler import check_composition
+from diffkit.core.errors import UsageError
+from diffkit.core.sampler import check_composition
+from diffkit.plugin.catalog import sampler_rows
+from diffkit.plugin.registry import Registry
 
 #: family members swept by default next to every plain sampler name (any can be named with --solvers)
 DEFAULT_FAMILY_MEMBERS: tuple[str, ...] = ("ode:heun2", "ode:rk4", "sde:srk")

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from diffkit.api import SampleConfig, sample
-from diffkit.metrics import (
+from diffkit.core.model import ExactData, ScoreModel
+from diffkit.core.process import NoiseProcess
+from diffkit.eval.metrics import (
     component_scale,
     gaussian_mmd2,
     kernel_self_mean,
@@ -28,9 +29,8 @@ from diffkit.metrics import (
     wasserstein2_sorted,
     within_mode_spread,
 )
-from diffkit.model import ExactData, ScoreModel
-from diffkit.process import NoiseProcess
-from diffkit.registry import Registry
+from diffkit.plugin.registry import Registry
+from diffkit.run.api import SampleConfig, sample
 
 #: MMD kernel bandwidths, as fractions of the mixture's component scale (`component_scale`)
 MMD_FRACTIONS: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -79,7 +79,7 @@ def exact_sets(model: ScoreModel, process: NoiseProcess, n: int, seed: int, t: f
     """An exact reference set of `n` samples at time `t` (None: the data) and the metrics' floors.
 
     Raises:
-        ValueError: the model has no exact data (`diffkit.model.ExactData`).
+        ValueError: the model has no exact data (`diffkit.core.model.ExactData`).
     """
     if not isinstance(model, ExactData):
         raise ValueError("the model has no exact data to compare with")

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from diffkit.errors import UsageError
-from diffkit.io import write_with
+from diffkit.core.errors import UsageError
+from diffkit.run.io import write_with
 
 #: columns of results.csv, in order (nested values are JSON text there)
 FIELDS: tuple[str, ...] = (

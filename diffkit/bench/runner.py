@@ -9,8 +9,8 @@ arithmetic, the model wrapper's schedule lookups and parameterization conversion
 adapter). On CUDA the timer synchronises around each call, which adds a little to the overhead.
 
 diffkit's runner calls the composed sampler directly, without the per-step NaN-check callback
-that `diffkit.api.sample` adds (peers have none): the result is checked once at the end
-(`diffkit.sampler.check_result`: shape, dtype, finiteness, counts), outside the timing, so the
+that `diffkit.run.api.sample` adds (peers have none): the result is checked once at the end
+(`diffkit.core.sampler.check_result`: shape, dtype, finiteness, counts), outside the timing, so the
 overheads of diffkit and peers are measured alike. The samples are
 exactly those of `diffkit sample` with the same noise and seed (same generator seeding).
 """
@@ -23,13 +23,13 @@ from typing import Any, Protocol
 
 import torch
 
-from diffkit.api import SampleConfig, compose, sample, sampler_seed
 from diffkit.bench.plan import SolverPlan
 from diffkit.bench.spec import DIFFKIT, BenchConfig, RunSpec
-from diffkit.model import ScoreModel
-from diffkit.provenance import jsonable
-from diffkit.registry import Registry
-from diffkit.sampler import check_result
+from diffkit.core.model import ScoreModel
+from diffkit.core.sampler import check_result
+from diffkit.plugin.registry import Registry
+from diffkit.run.api import SampleConfig, compose, sample, sampler_seed
+from diffkit.run.provenance import jsonable
 
 
 @dataclass
@@ -124,7 +124,7 @@ class TimingRegistry:
 
 
 class DiffkitRunner:
-    """Runs specs through `diffkit.api.sample`, so a bench row is exactly a `diffkit sample` run.
+    """Runs specs through `diffkit.run.api.sample`, so a bench row is exactly a `diffkit sample` run.
 
     Args:
         config: the sweep.

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from diffkit.api import compose
 from diffkit.bench.plan import (
     TOLERANCES,
     Skipped,
@@ -25,10 +24,11 @@ from diffkit.bench.records import ResultStore
 from diffkit.bench.report import FLOORED
 from diffkit.bench.runner import DiffkitRunner, Runner, RunOutput
 from diffkit.bench.spec import BenchConfig, RunSpec
-from diffkit.errors import DiffkitError, UsageError
-from diffkit.model import ExactData
-from diffkit.provenance import machine, versions
-from diffkit.registry import Registry
+from diffkit.core.errors import DiffkitError, UsageError
+from diffkit.core.model import ExactData
+from diffkit.plugin.registry import Registry
+from diffkit.run.api import compose
+from diffkit.run.provenance import machine, versions
 
 #: samples used to calibrate the tolerance of adaptive solvers, and to warm each solver up
 CALIBRATION_SAMPLES = 256

@@ -7,7 +7,7 @@ from importlib import resources
 from typing import Any
 
 from diffkit.classifier.net import ClassifierConfig, DigitClassifier
-from diffkit.errors import UsageError
+from diffkit.core.errors import UsageError
 
 FORMAT = "diffkit-classifier"
 

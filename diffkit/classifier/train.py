@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from diffkit.classifier.net import ClassifierConfig, DigitClassifier, batched
-from diffkit.data import Dataset
+from diffkit.run.data import Dataset
 
 HELD_OUT = 0.2
 SPLIT_SEED = 0
@@ -120,7 +120,7 @@ def train_shipped(name: str, dataset: Dataset, folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     """`python -m diffkit.classifier.train NAME...`: retrain the shipped classifiers into `weights/`."""
-    from diffkit.registry import build_registry
+    from diffkit.plugin.registry import build_registry
 
     registry = build_registry()
     folder = Path(__file__).resolve().parent / "weights"

@@ -6,10 +6,10 @@
 * `vlb`, `vlb_terms`, `hybrid`: DDPM's variational bound and improved DDPM's hybrid objective.
 """
 
+from diffkit.core.model import split_learned_variance
 from diffkit.losses.dsm import l_simple, ncsn_dsm, uniform_times, weighted_dsm
 from diffkit.losses.gaussian import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl
 from diffkit.losses.vlb import DiscreteSchedule, hybrid, vlb, vlb_terms
-from diffkit.model import split_learned_variance
 
 __all__ = [
     "DiscreteSchedule",

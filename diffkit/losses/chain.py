@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from diffkit.process import discrete_process
-from diffkit.schedules import LinearBetaProcess, ddpm_linear_alpha_bar, vp_t_from_log_alpha
-from diffkit.traits import ProcessTraits, traits_of
+from diffkit.core.process import discrete_process
+from diffkit.core.schedules import LinearBetaProcess, ddpm_linear_alpha_bar, vp_t_from_log_alpha
+from diffkit.core.traits import ProcessTraits, traits_of
 
 DEFAULT_STEPS = 1000  # knots of the DDPM chain of a continuous VP-family process
 

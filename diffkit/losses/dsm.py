@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import torch
 
-from diffkit.model import Prediction, ScoreModel
-from diffkit.ncsn import level_times
-from diffkit.process import discrete_process
-from diffkit.shapes import sum_except_batch
+from diffkit.core.model import Prediction, ScoreModel
+from diffkit.core.process import discrete_process
+from diffkit.core.shapes import sum_except_batch
+from diffkit.solvers.ncsn import level_times
 
 Weighting = Literal["standard", "likelihood"]
 Target = Literal["eps", "x0", "v"]
@@ -63,7 +63,7 @@ def ncsn_dsm(
     Args:
         model: the score model (any parameterization).
         x0: clean data `(B, *dims)`.
-        sigmas: the noise levels `(L,)`, e.g. `diffkit.ncsn.geometric_levels(...)`.
+        sigmas: the noise levels `(L,)`, e.g. `diffkit.solvers.ncsn.geometric_levels(...)`.
         generator: source of the level indices and the noise.
         cond: conditioning passed to the model.
 

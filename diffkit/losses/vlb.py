@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import torch
 
+from diffkit.core.model import Prediction, ScoreModel
+from diffkit.core.shapes import append_dims, sum_except_batch
 from diffkit.losses.chain import DiscreteSchedule
 from diffkit.losses.dsm import perturb
 from diffkit.losses.gaussian import (
@@ -40,8 +42,6 @@ from diffkit.losses.gaussian import (
     gaussian_log_likelihood,
     normal_kl,
 )
-from diffkit.model import Prediction, ScoreModel
-from diffkit.shapes import append_dims, sum_except_batch
 
 Variance = Literal["beta", "beta_tilde", "learned"]
 Decoder = Literal["discretized", "gaussian"]

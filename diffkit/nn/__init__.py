@@ -4,7 +4,7 @@ Every network maps `(x, time_input, cond) -> output` with `x` `(B, *data_shape)`
 `(B,)` and `cond` a LongTensor of labels `(B,)` or None (the null class), so it plugs straight
 into `diffkit.ScoreModel`. With `learn_variance=True` the output has twice the channels of `x`
 (dim 1): the first half is the mean parameterization, the second the variance interpolation v of
-improved DDPM (see `diffkit.model.split_learned_variance`).
+improved DDPM (see `diffkit.core.model.split_learned_variance`).
 """
 
 from diffkit.nn.embedding import LabelEmbedding, TimeEmbedding, sinusoidal_embedding

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from diffkit.errors import UsageError
+from diffkit.core.errors import UsageError
 
 
 @dataclass(frozen=True)

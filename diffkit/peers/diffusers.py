@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from diffkit.edm import log_snr_of_sigma_scaled
-from diffkit.model import ScoreModel
+from diffkit.core.model import ScoreModel
+from diffkit.core.process import NoiseProcess, discrete_process
+from diffkit.core.shapes import batch_times
+from diffkit.core.traits import traits_of
 from diffkit.peers.availability import PeerNotInstalled, require
-from diffkit.process import NoiseProcess, discrete_process
-from diffkit.shapes import batch_times
-from diffkit.traits import traits_of
+from diffkit.solvers.edm import log_snr_of_sigma_scaled
 
 #: training steps N of the linear-beta table diffusers gets for a continuous VP process
 VP_TRAIN_STEPS = 1000

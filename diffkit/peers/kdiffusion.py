@@ -13,7 +13,7 @@
   the private module stays in Python's module cache like any imported module.
 - `k_diffusion_denoiser(model, process)` -> `D(x_s, sigma_s)`: EDM's denoiser in the scaled
   coordinates x_s = x / alpha, sigma_s = sigma / alpha of ANY process (Karras et al. 2022,
-  eq. 4 with s(t) = alpha; see `diffkit.edm`): t = t(sigma_s) through
+  eq. 4 with s(t) = alpha; see `diffkit.solvers.edm`): t = t(sigma_s) through
   `process.t_from_log_snr(-2 log sigma_s)` and D = model.predict(alpha x_s, t).x0, for a batch
   of sigmas `(B,)` (valid for sigma_s(t_min) <= sigma_s <= sigma_s(t_max)). k-diffusion passes
   `sigma * x.new_ones(B)`, i.e. sigma rounded to x's dtype: compare with peers in float64.
@@ -39,11 +39,11 @@ from typing import Any
 
 import torch
 
-from diffkit.edm import from_scaled, log_snr_of_sigma_scaled, sigma_scaled
-from diffkit.model import ScoreModel
+from diffkit.core.model import ScoreModel
+from diffkit.core.process import NoiseProcess
+from diffkit.core.shapes import batch_times
 from diffkit.peers.availability import PeerNotInstalled, require
-from diffkit.process import NoiseProcess
-from diffkit.shapes import batch_times
+from diffkit.solvers.edm import from_scaled, log_snr_of_sigma_scaled, sigma_scaled
 
 _PRIVATE = "_diffkit_peer_k_diffusion"
 _TORCHVISION = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")

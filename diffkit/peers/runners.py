@@ -12,7 +12,7 @@ through the model wrapper, and a run that counts more calls than its budget fail
 Mapping (diffkit solver: diffusers | k-diffusion):
 
 - `ddim`: DDIMScheduler(eta=0) | sample_euler (Euler in sigma/alpha is DDIM with eta = 0,
-  `diffkit.edm`);
+  `diffkit.solvers.edm`);
 - `dpmpp-2m`: DPMSolverMultistepScheduler(dpmsolver++, order 2) | sample_dpmpp_2m;
 - `unipc`: UniPCMultistepScheduler(bh2, order 2 + corrector) | -;
 - `heun`: HeunDiscreteScheduler | sample_heun (n steps, 2n - 1 NFE: the last, to sigma = 0, is Euler);
@@ -40,17 +40,17 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffkit.api import DTYPES, sampler_seed
 from diffkit.bench.plan import SolverPlan
 from diffkit.bench.runner import NetworkTimer, RunOutput, TimingRegistry, synchronize
 from diffkit.bench.spec import BenchConfig, RunSpec
-from diffkit.errors import SamplingError, UsageError
-from diffkit.model import ScoreModel
+from diffkit.core.errors import SamplingError, UsageError
+from diffkit.core.model import ScoreModel
+from diffkit.core.process import NoiseProcess
 from diffkit.peers import diffusers as hf
 from diffkit.peers import kdiffusion as kd
 from diffkit.peers.availability import require
-from diffkit.process import NoiseProcess
-from diffkit.registry import Registry
+from diffkit.plugin.registry import Registry
+from diffkit.run.api import DTYPES, sampler_seed
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from diffkit.errors import UsageError
+from diffkit.core.errors import UsageError
 
 #: The shipped models, each a subfolder of this package.
 NAMES: tuple[str, ...] = ("digits", "digits-cond", "moons", "photos")

@@ -31,14 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffkit import parameterization as param
-from diffkit.errors import UsageError
-from diffkit.model import SCORE_SCALINGS, ScoreModel
-from diffkit.options import parse_options
-from diffkit.process import NoiseProcess
-from diffkit.registry import Registry
+from diffkit.core import parameterization as param
+from diffkit.core.errors import UsageError
+from diffkit.core.model import SCORE_SCALINGS, ScoreModel
+from diffkit.core.process import NoiseProcess
+from diffkit.plugin.options import parse_options
+from diffkit.plugin.registry import Registry
+from diffkit.plugin.validate import checkpoint_record
 from diffkit.train import generation
-from diffkit.validate import checkpoint_record
 
 FORMAT = "diffkit-checkpoint"
 FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ def score_scaling_for(kind: str) -> str:
 def is_checkpoint_name(name: str) -> bool:
     """True if a `--model` value names a folder (an existing directory or a path with a separator).
 
-    Callers ask the registry first (`diffkit.api.build_model`), so registered names and plugin
+    Callers ask the registry first (`diffkit.run.api.build_model`), so registered names and plugin
     families such as `diffusers:<path>` never reach this test.
     """
     return "/" in name or "\\" in name or Path(name).is_dir()

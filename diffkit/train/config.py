@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from diffkit.errors import UsageError
+from diffkit.core.errors import UsageError
 
 #: Fields that define what is trained; a resumed run must match them exactly (`iters` may grow).
 RECIPE_FIELDS: tuple[str, ...] = (

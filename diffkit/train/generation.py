@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from diffkit.errors import UsageError
-from diffkit.io import check_folder, deferred_signals
+from diffkit.core.errors import UsageError
+from diffkit.run.io import check_folder, deferred_signals
 
 STORE = ".checkpoints"
 TMP = ".tmp-"

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffkit import parameterization as param
-from diffkit.data import Dataset
-from diffkit.datafile import check_unchanged, resolve_dataset
-from diffkit.errors import OutputError, UsageError
-from diffkit.model import ScoreModel
-from diffkit.provenance import versions
-from diffkit.registry import Registry, build_registry
+from diffkit.core import parameterization as param
+from diffkit.core.errors import OutputError, UsageError
+from diffkit.core.model import ScoreModel
+from diffkit.plugin.registry import Registry, build_registry
+from diffkit.run.data import Dataset
+from diffkit.run.datafile import check_unchanged, resolve_dataset
+from diffkit.run.provenance import versions
 from diffkit.train import checkpoint as ckpt
 from diffkit.train.config import TrainConfig
 from diffkit.train.ema import ema_decay, init_ema, update_ema

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffkit.api import SampleConfig, sample
-from diffkit.io import write_with
-from diffkit.plot import save_plot
-from diffkit.registry import Registry
+from diffkit.plugin.registry import Registry
+from diffkit.run.api import SampleConfig, sample
+from diffkit.run.io import write_with
+from diffkit.run.plot import save_plot
 from diffkit.train.config import TrainConfig
 
 SAMPLE_STEPS = 20

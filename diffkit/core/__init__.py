@@ -1,0 +1,1 @@
+"""The contracts: noise processes, score models and parameterizations, grids, the sampler contract."""

@@ -1,0 +1,1 @@
+"""Evaluation: sample metrics, image metrics and the likelihood."""

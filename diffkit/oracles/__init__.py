@@ -1,0 +1,1 @@
+"""Exact Gaussian-mixture oracles (unconditional and class-conditional)."""

@@ -1,0 +1,1 @@
+"""The plugin machinery: hook specifications, the registry, typed options and their validation."""

@@ -1,0 +1,459 @@
+"""The component registry: a pluggy PluginManager loading the `diffkit` entry-point group.
+
+No registry exists at import time: `build_registry()` makes one per call (CLI command or
+API call). Built-in plugins in `diffkit.plugins` are entry points of the `diffkit`
+distribution and load exactly like third-party ones; third-party autoload can be disabled
+(`autoload=False` or env `DIFFKIT_DISABLE_PLUGIN_AUTOLOAD=1`) and any plugin blocked by its
+entry-point name (`block=` or env `DIFFKIT_BLOCK_PLUGINS=a,b`). Env `DIFFKIT_PLUGINS=mod,...`
+registers extra plugin modules by import name (handy for local, uninstalled plugins).
+
+Hooks are called through pluggy's hook relay (`manager.hook.<name>`), narrowed with
+`subset_hook_caller` to one plugin per call, so tracing, call monitoring and hook wrappers see
+every call while a failure (or an answer) stays attributed to its plugin.
+
+Broken third-party plugins are isolated: one that fails to import, implements a hook diffkit
+does not specify (pluggy's `check_pending`, e.g. a misspelled `diffkit_registr`), raises in its
+`diffkit_register` hook, or registers a name that is already taken is skipped as a whole
+(none of its components, families or resolve hooks stay) with one `PluginLoadWarning` naming
+it (and, for a collision, each taken name and the plugin that owns it). Built-ins register
+first and are asked first by `Registry.get`, so they always win; the first third-party
+plugin to register a name keeps it. Two built-ins registering one name is a bug in diffkit
+and raises `DuplicateComponentError`; a built-in with an unknown hook raises `UnknownHookError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.metadata
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from diffkit.core.errors import (
+    DiffkitError,
+    DuplicateComponentError,
+    OptionError,
+    PluginError,
+    PluginLoadWarning,
+    UnknownComponentError,
+    UnknownHookError,
+)
+from diffkit.plugin import hookspecs
+from diffkit.plugin.hookcalls import bind_registry, relay, unknown_hooks
+from diffkit.plugin.options import parse_options, validate_options
+
+KINDS: tuple[str, ...] = (
+    "process",
+    "model",
+    "sampler",
+    "grid",
+    "model_wrapper",
+    "network",
+    "loss",
+    "dataset",
+    "parameterization",
+)
+GROUP = "diffkit"
+_ENV_AUTOLOAD = "DIFFKIT_DISABLE_PLUGIN_AUTOLOAD"
+_ENV_BLOCK = "DIFFKIT_BLOCK_PLUGINS"
+_ENV_PLUGINS = "DIFFKIT_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component: its factory and where it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A parametric family `prefix:<method>` resolved through the `diffkit_resolve` hook."""
+
+    kind: str
+    prefix: str
+    methods: tuple[str, ...]
+    plugin: str
+    distribution: str
+    summary: str = ""
+
+
+def _summary(factory: Callable[..., Any], summary: str | None) -> str:
+    if summary:
+        return summary
+    while isinstance(factory, functools.partial) and factory.__doc__ == functools.partial.__doc__:
+        factory = factory.func  # a family member: describe the underlying factory
+    doc = (getattr(factory, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+class Registrar:
+    """What a plugin's `diffkit_register` receives: typed `add_*` methods for one plugin."""
+
+    def __init__(self, registry: Registry, plugin: str, distribution: str) -> None:
+        self._registry = registry
+        self._plugin = plugin
+        self._distribution = distribution
+        self._staged: list[Component | Family] = []
+
+    def _add(self, kind: str, name: str, factory: Callable[..., Any], summary: str | None) -> None:
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"invalid {kind} name {name!r}")
+        summary = _summary(factory, summary)
+        factory = bind_registry(factory, self._registry)
+        self._staged.append(Component(kind, name, factory, self._plugin, self._distribution, summary))
+
+    def add_process(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a noise process: `factory(**options) -> NoiseProcess`."""
+        self._add("process", name, factory, summary)
+
+    def add_model(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a score model: `factory(process, **options) -> ScoreModel`."""
+        self._add("model", name, factory, summary)
+
+    def add_sampler(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a sampler: `factory(**options) -> Sampler` (usually the class itself)."""
+        self._add("sampler", name, factory, summary)
+
+    def add_grid(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a time grid: `factory(**options) -> TimeGrid`."""
+        self._add("grid", name, factory, summary)
+
+    def add_model_wrapper(
+        self, name: str, factory: Callable[..., Any], *, summary: str | None = None
+    ) -> None:
+        """Register a model wrapper: `factory(model, **options) -> ScoreModel`."""
+        self._add("model_wrapper", name, factory, summary)
+
+    def add_network(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a score-network architecture: `factory(data_shape, **options) -> torch.nn.Module`."""
+        self._add("network", name, factory, summary)
+
+    def add_loss(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a training objective: `factory(**options) -> Loss`."""
+        self._add("loss", name, factory, summary)
+
+    def add_dataset(self, name: str, factory: Callable[..., Any], *, summary: str | None = None) -> None:
+        """Register a dataset: `factory(**options) -> Dataset`."""
+        self._add("dataset", name, factory, summary)
+
+    def add_parameterization(
+        self, name: str, factory: Callable[..., Any], *, summary: str | None = None
+    ) -> None:
+        """Register a network target: `factory(**options) -> Parameterization` (usually the class)."""
+        self._add("parameterization", name, factory, summary)
+
+    def add_family(self, kind: str, prefix: str, methods: Iterable[str], *, summary: str = "") -> None:
+        """Announce a parametric family `prefix:<method>` (resolved by `diffkit_resolve`)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+        self._staged.append(Family(kind, prefix, tuple(methods), self._plugin, self._distribution, summary))
+
+    def _commit(self) -> None:
+        for item in self._staged:
+            self._registry._insert(item)
+
+
+Item = Component | Family
+
+
+def _key(item: Item) -> tuple[str, str]:
+    return item.kind, item.name if isinstance(item, Component) else item.prefix
+
+
+def _describe(item: Item) -> str:
+    if isinstance(item, Component):
+        return f"{item.kind} {item.name!r}"
+    return f"{item.kind} family {item.prefix!r}"
+
+
+@dataclass
+class Registry:
+    """Components by kind and name, plus the plugin manager that resolves families."""
+
+    plugin_manager: pluggy.PluginManager
+    distributions: dict[str, str] = field(default_factory=dict)
+    components: dict[tuple[str, str], Component] = field(default_factory=dict)
+    families: dict[tuple[str, str], Family] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    builtins: set[str] = field(default_factory=set)
+
+    def _table(self, item: Item) -> dict[tuple[str, str], Any]:
+        return self.components if isinstance(item, Component) else self.families
+
+    def _clashes(self, items: list[Item]) -> list[tuple[Item, Item]]:
+        """(item, holder) for each of `items` whose name is taken, in the registry or earlier in `items`."""
+        staged: dict[tuple[bool, str, str], Item] = {}
+        clashes = []
+        for item in items:
+            key = (isinstance(item, Component), *_key(item))
+            holder = self._table(item).get(key[1:]) or staged.get(key)
+            if holder is not None:
+                clashes.append((item, holder))
+            else:
+                staged[key] = item
+        return clashes
+
+    def _insert(self, item: Item) -> None:
+        self._table(item)[_key(item)] = item
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names registered directly for `kind` (families excluded)."""
+        return sorted(name for (k, name) in self.components if k == kind)
+
+    def family_examples(self, kind: str) -> list[str]:
+        """`prefix:method` names announced by families of `kind`."""
+        return [
+            f"{f.prefix}:{m}" for (k, _), f in sorted(self.families.items()) if k == kind for m in f.methods
+        ]
+
+    def get(self, kind: str, name: str) -> Component:
+        """Look up `name` of `kind`, resolving parametric names through the hook."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+        found = self.components.get((kind, name))
+        if found is not None:
+            return found
+        failed = f"failed to resolve {kind} {name!r}"
+        plugin, factory = self._first("diffkit_resolve", failed, (), kind=kind, name=name)
+        if factory is not None:
+            summary = _summary(factory, None)
+            factory = bind_registry(factory, self)
+            return Component(kind, name, factory, plugin, self.distributions.get(plugin, "?"), summary)
+        candidates = self.names(kind) + self.family_examples(kind)
+        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.4)
+        hint = (
+            f"did you mean: {', '.join(close)}?"
+            if close
+            else f"valid names: {', '.join(candidates) or 'none'}"
+        )
+        raise UnknownComponentError(f"unknown {kind} {name!r}; {hint} (see `diffkit list {kind}`)")
+
+    def _first(
+        self, hook: str, failed: str, keep: tuple[type[Exception], ...], **kwargs: Any
+    ) -> tuple[str, Any]:
+        """(plugin, answer) of the first plugin whose firstresult `hook` answers, else ("", None).
+
+        Plugins are asked one at a time through the hook relay: built-ins first, then the others
+        in pluggy's call order. A third-party hook raising anything but `keep` is a `PluginError`
+        naming it; built-ins raise as they are.
+        """
+        impls = reversed(getattr(self.plugin_manager.hook, hook).get_hookimpls())  # pluggy's call order
+        for impl in sorted(impls, key=lambda impl: impl.plugin_name not in self.builtins):  # built-ins first
+            plugin = impl.plugin_name
+            call = relay(self.plugin_manager, hook, plugin)
+            try:
+                answer = call(**kwargs)
+            except keep:
+                raise
+            except Exception as error:
+                if plugin in self.builtins:
+                    raise
+                where = f"plugin {plugin!r} ({self.distributions.get(plugin, '?')})"
+                raise PluginError(f"{where} {failed}: {error}") from None
+            if answer is not None:
+                return plugin, answer
+        return "", None
+
+    def resolve_model(
+        self,
+        name: str,
+        process_name: str,
+        process: Any,
+        process_options: Mapping[str, Any],
+        model_options: Mapping[str, Any],
+    ) -> Any:
+        """The model `name` on `process` from the `diffkit_resolve_model` hook (e.g. a checkpoint
+        folder), or None if no plugin knows `name`. Ask `get("model", name)` first."""
+        _, model = self._first(
+            "diffkit_resolve_model",
+            f"failed to resolve model {name!r}",
+            (DiffkitError,),
+            registry=self,
+            name=name,
+            process_name=process_name,
+            process=process,
+            process_options=dict(process_options),
+            model_options=dict(model_options),
+        )
+        return model
+
+    def build(self, kind: str, name: str, options: Mapping[str, Any], *args: Any) -> Any:
+        """Resolve, parse options and construct a component; bad values raise OptionError.
+
+        Any other exception of a third-party factory is a `PluginError` naming its plugin.
+        """
+        component = self.get(kind, name)
+        kwargs = parse_options(kind, name, component.factory, options)
+        try:
+            built = component.factory(*args, **kwargs)
+            validate_options(built)  # declared option types and ranges (dataclass field metadata)
+            return built
+        except (ValueError, TypeError) as error:
+            raise OptionError(f"{kind} {name!r}: {error}") from None
+        except DiffkitError:
+            raise
+        except Exception as error:
+            if component.plugin in self.builtins:
+                raise
+            where = f"plugin {component.plugin!r}, {component.distribution}"
+            raise PluginError(f"{kind} {name!r} ({where}) failed to build: {error}") from None
+
+    def listing(self, kind: str | None = None) -> list[Component | Family]:
+        """Every component and family (of `kind`, if given), sorted by kind and name."""
+        items: list[Component | Family] = [c for (k, _), c in self.components.items() if kind in (None, k)]
+        items += [f for (k, _), f in self.families.items() if kind in (None, k)]
+        return sorted(
+            items, key=lambda i: (KINDS.index(i.kind), getattr(i, "name", getattr(i, "prefix", "")))
+        )
+
+
+def _warn(registry: Registry, message: str) -> None:
+    registry.warnings.append(message)
+    warnings.warn(message, PluginLoadWarning, stacklevel=3)
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _is_builtin(dist: importlib.metadata.Distribution | None) -> bool:
+    return dist is not None and dist.metadata["Name"].lower() == "diffkit"
+
+
+def build_registry(
+    *,
+    block: Iterable[str] = (),
+    autoload: bool | None = None,
+    plugins: Iterable[object | str] = (),
+) -> Registry:
+    """Build a fresh registry from the `diffkit` entry points.
+
+    Args:
+        block: entry-point names of plugins not to load (built-ins included).
+        autoload: load third-party entry points (default: True unless
+            `DIFFKIT_DISABLE_PLUGIN_AUTOLOAD` is set). Built-ins always load.
+        plugins: extra plugin objects or module import names to register.
+
+    A plugin that fails to import or register, implements a hook with no spec (pluggy's
+    `check_pending`), or registers a name already taken, is skipped as a whole with one
+    `PluginLoadWarning` naming it (built-ins register first and win).
+
+    Raises:
+        DuplicateComponentError: two built-in plugins register the same name (a bug in diffkit).
+        UnknownHookError: a built-in plugin implements a hook with no spec (a bug in diffkit).
+    """
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    registry = Registry(manager)
+    for name in [*block, *_env_list(_ENV_BLOCK)]:
+        manager.set_blocked(name)
+    if autoload is None:
+        autoload = not os.environ.get(_ENV_AUTOLOAD)
+
+    # built-ins first, so a third-party entry point cannot shadow one by reusing its name
+    entry_points = importlib.metadata.entry_points(group=GROUP)
+    for entry_point in sorted(entry_points, key=lambda ep: not _is_builtin(ep.dist)):
+        dist = entry_point.dist
+        if not (_is_builtin(dist) or autoload) or manager.is_blocked(entry_point.name):
+            continue
+        label = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "unknown distribution"
+        if manager.get_plugin(entry_point.name) is not None:
+            taken = registry.distributions.get(entry_point.name, "?")
+            _warn(registry, f"diffkit plugin {entry_point.name!r} ({label}) skipped: name taken by {taken}")
+            continue
+        try:
+            manager.register(entry_point.load(), name=entry_point.name)
+        except Exception as error:  # a broken plugin must not break the others
+            _warn(registry, f"diffkit plugin {entry_point.name!r} ({label}) failed to load: {error}")
+            continue
+        registry.distributions[entry_point.name] = label
+        if _is_builtin(dist):
+            registry.builtins.add(entry_point.name)
+
+    for plugin in [*plugins, *_env_list(_ENV_PLUGINS)]:
+        plugin_name = plugin if isinstance(plugin, str) else getattr(plugin, "__name__", repr(plugin))
+        if manager.is_blocked(plugin_name):
+            continue
+        try:
+            obj = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
+            manager.register(obj, name=plugin_name)
+        except Exception as error:
+            _warn(registry, f"diffkit plugin {plugin_name!r} failed to load: {error}")
+            continue
+        registry.distributions[plugin_name] = "local module"
+
+    _check_hooks(registry)
+    # registration order (built-ins, third parties, then `plugins`; tryfirst/trylast cannot
+    # move a third party before a built-in), so the earlier plugin keeps a name
+    impls = manager.hook.diffkit_register.get_hookimpls()
+    for impl in sorted(impls, key=lambda impl: impl.plugin_name not in registry.builtins):
+        _register(registry, impl)
+    return registry
+
+
+def _label(registry: Registry, name: str) -> str:
+    """`diffkit plugin 'name' (distribution)`, as warnings name a plugin (local modules bare)."""
+    distribution = registry.distributions.get(name, "?")
+    return f"diffkit plugin {name!r}" + ("" if distribution == "local module" else f" ({distribution})")
+
+
+def _check_hooks(registry: Registry) -> None:
+    """pluggy's `check_pending` until it passes: a plugin implementing a hook diffkit does not
+    specify (e.g. a misspelled `diffkit_registr`) is skipped with one warning naming the plugin
+    and the hook; in a built-in plugin it is a bug in diffkit and raises `UnknownHookError`."""
+    manager = registry.plugin_manager
+    while True:
+        try:
+            manager.check_pending()
+            return
+        except pluggy.PluginValidationError as error:
+            plugin = error.plugin
+        name = manager.get_name(plugin)
+        unknown = unknown_hooks(manager, plugin)
+        if name is None or name in registry.builtins:
+            where = f"plugin {name!r} ({registry.distributions.get(name or '', '?')})"
+            raise UnknownHookError(f"{where} implements {unknown}")
+        _warn(registry, f"{_label(registry, name)} skipped: {unknown}")
+        manager.unregister(name=name)
+
+
+def _register(registry: Registry, impl: pluggy.HookImpl) -> None:
+    """Run one plugin's `diffkit_register`; commit all of it, or skip all of it with a warning."""
+    name = impl.plugin_name
+    distribution = registry.distributions.get(name, "?")
+    registrar = Registrar(registry, name, distribution)
+    plugin = _label(registry, name)
+    try:
+        relay(registry.plugin_manager, "diffkit_register", name)(registrar=registrar)
+    except Exception as error:
+        _warn(registry, f"{plugin} failed to register: {error}")
+        registry.plugin_manager.unregister(name=name)  # its other hooks (resolve) go too
+        return
+    clashes = registry._clashes(registrar._staged)
+    if clashes and name in registry.builtins:
+        item, holder = clashes[0]
+        raise DuplicateComponentError(
+            f"{_describe(item)} is registered twice: by plugin {holder.plugin!r} "
+            f"({holder.distribution}) and by plugin {name!r} ({distribution})"
+        )
+    if clashes:
+        taken = "; ".join(
+            f"{_describe(item)} is already registered by plugin {holder.plugin!r} ({holder.distribution})"
+            for item, holder in clashes
+        )
+        _warn(registry, f"{plugin} skipped: {taken}")
+        registry.plugin_manager.unregister(name=name)
+        return
+    registrar._commit()

@@ -1,0 +1,1 @@
+"""Running: the programmatic api, file io, plots, provenance, data sets and memory planning."""

@@ -1,0 +1,102 @@
+"""The public solver toolkit: everything a sampler plugin may import, in one place.
+
+A new fixed-grid sampler subclasses `FixedStepSampler` (or `MultistepSampler` for methods
+that keep past predictions in `StepContext.history`) and implements one `step`; the shared
+loop validates the grid, precomputes the schedule in float64, calls the callback, applies
+`denoise_final` and counts NFE (`finish_run`). Samplers with their own loop (`ode`, `sde`)
+use `check_grid`, `schedule_dtype`, `local_generator` and `finish_run` directly.
+
+This module only re-exports; the implementations live in `stepping`, `exponential`,
+`dynamics`, `edm`, `ncsn`, `shapes`, `sampler`, `grid` and `precision`.
+"""
+
+from __future__ import annotations
+
+from diffkit.core.grid import check_grid
+from diffkit.core.precision import schedule_dtype
+from diffkit.core.sampler import VE_LOG_SNR, Callback, Capabilities, SampleResult, StepInfo
+from diffkit.core.shapes import append_dims, batch_times
+from diffkit.solvers.dynamics import (
+    ancestral_step,
+    euler_maruyama_step,
+    gaussian_transition,
+    reverse_diffusion_step,
+    reverse_drift,
+)
+from diffkit.solvers.edm import (
+    churn_gamma,
+    churn_noise_std,
+    churn_sigma,
+    euler_step,
+    from_scaled,
+    heun_correction,
+    log_snr_of_sigma_scaled,
+    ode_derivative,
+    sigma_scaled,
+    to_scaled,
+)
+from diffkit.solvers.exponential import (
+    LOWER_ORDER_FINAL_BELOW,
+    MultistepSampler,
+    SolverType,
+    StepCoefficients,
+    combine,
+    ddim_noise_h,
+    dpmpp_multistep_weights,
+    exponential_coefficients,
+    exponential_step,
+    half_log_snr,
+    singlestep_weights,
+    step_order,
+    unipc_weights,
+)
+from diffkit.solvers.ncsn import langevin_step, ncsnv2_step_size, snr_step_size
+from diffkit.solvers.stepping import FixedStepSampler, StepContext, finish_run, local_generator, make_context
+
+__all__ = [
+    "LOWER_ORDER_FINAL_BELOW",
+    "VE_LOG_SNR",
+    "Callback",
+    "Capabilities",
+    "FixedStepSampler",
+    "MultistepSampler",
+    "SampleResult",
+    "SolverType",
+    "StepCoefficients",
+    "StepContext",
+    "StepInfo",
+    "ancestral_step",
+    "append_dims",
+    "batch_times",
+    "check_grid",
+    "churn_gamma",
+    "churn_noise_std",
+    "churn_sigma",
+    "combine",
+    "ddim_noise_h",
+    "dpmpp_multistep_weights",
+    "euler_maruyama_step",
+    "euler_step",
+    "exponential_coefficients",
+    "exponential_step",
+    "finish_run",
+    "from_scaled",
+    "gaussian_transition",
+    "half_log_snr",
+    "heun_correction",
+    "langevin_step",
+    "local_generator",
+    "log_snr_of_sigma_scaled",
+    "make_context",
+    "ncsnv2_step_size",
+    "ode_derivative",
+    "reverse_diffusion_step",
+    "reverse_drift",
+    "schedule_dtype",
+    "sigma_scaled",
+    "singlestep_weights",
+    "snr_step_size",
+    "step_order",
+    "to_scaled",
+    "unipc_weights",
+]

@@ -1,0 +1,1 @@
+"""Model wrappers: the guidance stage, inverse problems, clipping and colour handling."""
