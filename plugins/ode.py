@@ -37,7 +37,7 @@ from diffkit import (
     StepInfo,
     hookimpl,
 )
-from diffkit.solvers import Callback, check_grid, reverse_drift, schedule_dtype
+from diffkit.solvers import Callback, check_grid, finish_run, reverse_drift, schedule_dtype
 
 try:  # torchdiffeq's own method table: the source of truth for which names it accepts
     from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
@@ -246,12 +246,16 @@ class ODESampler:
         x = solution[-1]
         if not info.adaptive and callback is not None:
             callback(StepInfo(func.accepted - 1, times[-1], x, func.nfe))
-        steps = func.accepted
-        if self.denoise_final:
-            x = model.predict(x, times[-1]).x0
-            if callback is not None:
-                callback(StepInfo(steps, times[-1], x, func.nfe))
-        return SampleResult(x, func.nfe, steps, {"method": self.method})
+        return finish_run(
+            model,
+            x,
+            times[-1],
+            func.accepted,
+            func.nfe_start,
+            denoise_final=self.denoise_final,
+            callback=callback,
+            extras={"method": self.method},
+        )
 
 
 def _method_factory(method: str) -> Callable[..., ODESampler]:

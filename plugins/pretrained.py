@@ -12,7 +12,6 @@ by path (`--model runs/digits`), under the same rule.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from importlib import resources
 from typing import Any
@@ -24,15 +23,14 @@ def load_pretrained(name: str, process: NoiseProcess, registry: Registry) -> Sco
     """The shipped model `name` (EMA weights, eval mode) on `process`, its training process."""
     from diffkit.pretrained import folder
     from diffkit.train import model_from_checkpoint
+    from diffkit.train.checkpoint import same_schedule
 
     with resources.as_file(folder(name)) as path:
         record = json.loads((path / "config.json").read_text())
         trained_name = str(record["process"]["name"])
         trained_options = dict(record["process"].get("options", {}))
         trained = registry.build("process", trained_name, trained_options)
-        if hasattr(trained, "t_min") and hasattr(process, "t_min"):  # the end time is the user's choice
-            trained = dataclasses.replace(trained, t_min=process.t_min)
-        if trained != process:  # the registry prefixes "model '<name>':"
+        if not same_schedule(trained, process):  # the registry prefixes "model '<name>':"
             flags = "".join(f" --sde-opt {k}={v}" for k, v in trained_options.items())
             raise UsageError(
                 f"trained on process {trained_name!r} ({trained}), not {process}; "

@@ -20,6 +20,7 @@ without ids (shipped models, older runs) are checked by iteration as before.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -319,14 +320,18 @@ def load_checkpoint(path: str | Path, registry: Registry, *, weights: str = "ema
     )
 
 
-#: Process options that only bound the time range a sampler covers, not alpha(t) and sigma(t):
-#: a model may be sampled to another end time than the one it was trained down to.
-RANGE_ONLY_OPTIONS = frozenset({"t_min"})
+def same_schedule(trained: NoiseProcess, given: NoiseProcess) -> bool:
+    """True if `given` has `trained`'s alpha(t) and sigma(t): equal processes up to the end time.
 
-
-def _schedule(options: dict[str, Any]) -> dict[str, Any]:
-    """The parsed process options that define the schedule (all but `RANGE_ONLY_OPTIONS`)."""
-    return {key: value for key, value in options.items() if key not in RANGE_ONLY_OPTIONS}
+    t_min only bounds the range a sampler covers, so a model may be sampled to another end time
+    than the one it was trained down to; every other option changes the schedule.
+    """
+    settable = dataclasses.is_dataclass(trained) and any(
+        f.name == "t_min" and f.init for f in dataclasses.fields(trained)
+    )
+    if settable and type(trained) is type(given):
+        trained = dataclasses.replace(trained, t_min=given.t_min)
+    return trained == given
 
 
 def model_from_checkpoint(
@@ -350,10 +355,10 @@ def model_from_checkpoint(
     loaded = load_checkpoint(path, registry, weights=str(model_options.get("weights", "ema")))
     factory = registry.get("process", loaded.process_name).factory
     trained = parse_options("process", loaded.process_name, factory, loaded.process_options)
-    given = parse_options(
-        "process", process_name, registry.get("process", process_name).factory, process_options
+    same = loaded.process_name == process_name and same_schedule(
+        registry.build("process", loaded.process_name, loaded.process_options), process
     )
-    if loaded.process_name != process_name or _schedule(trained) != _schedule(given):
+    if not same:
         flags = " ".join(f"--sde-opt {k}={v}" for k, v in loaded.process_options.items())
         raise UsageError(
             f"model {path!r} was trained on process {loaded.process_name!r} {trained or ''}; "
