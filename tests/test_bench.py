@@ -185,6 +185,7 @@ def test_third_party_sampler_joins_the_default_sweep(tmp_path: Path, monkeypatch
         (["--solvers", "ode", "--solver-opt", "rtol=1e-3"], 2, "the bench sweeps its rtol/atol"),
         (["--solvers", "em", "--grid", "karas"], 2, "unknown grid 'karas'"),
         (["--model", "test-nan", "--solvers", "em"], 2, "model 'test-nan' has no exact data"),
+        (["--model", "digits", "--solvers", "em"], 2, "model 'digits' has no exact data"),
         (["--num-samples", "1"], 2, "--num-samples must be at least 2"),
     ],
 )
@@ -194,6 +195,19 @@ def test_bad_input_is_one_line_and_writes_nothing(
     monkeypatch.setenv("DIFFKIT_PLUGINS", "_diffkit_test_plugins")
     out = tmp_path / "b"
     assert_one_line_error(invoke("bench", "--nfe", "4", *args, "--out", str(out)), code, expected)
+    assert not out.exists()
+
+
+def test_a_checkpoint_folder_is_found_and_refused_for_lack_of_exact_data(tmp_path: Path) -> None:
+    """bench resolves models like every other command: a checkpoint is named as such, not 'unknown'."""
+    from diffkit.train import TrainConfig, train
+
+    train(TrainConfig(iters=2, batch_size=4, sample_every_checkpoint=False), tmp_path / "run")
+    out = tmp_path / "b"
+    result = invoke(
+        "bench", "--nfe", "4", "--solvers", "em", "--model", str(tmp_path / "run"), "--out", str(out)
+    )
+    assert_one_line_error(result, 2, f"model {str(tmp_path / 'run')!r} has no exact data")
     assert not out.exists()
 
 

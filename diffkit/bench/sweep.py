@@ -27,7 +27,7 @@ from diffkit.bench.spec import BenchConfig, RunSpec
 from diffkit.core.errors import DiffkitError, UsageError
 from diffkit.core.model import ExactData
 from diffkit.plugin.registry import Registry
-from diffkit.run.api import compose
+from diffkit.run.api import build_model, compose
 from diffkit.run.provenance import machine, versions
 
 #: samples used to calibrate the tolerance of adaptive solvers, and to warm each solver up
@@ -62,7 +62,9 @@ class _Sweep:
         self.runners: dict[str, Runner] = {runner.implementation: runner}
         self.runners |= {peer.implementation: peer for peer in peers}
         self.process = registry.build("process", config.process, config.process_options)
-        self.model = registry.build("model", config.model, config.model_options, self.process)
+        self.model = build_model(  # the one model path: registered names, checkpoints, shipped models
+            registry, config.model, config.model_options, config.process, self.process, config.process_options
+        )
         if not isinstance(self.model, ExactData):
             raise UsageError(
                 f"model {config.model!r} has no exact data; diffkit bench needs an oracle (gmm:*)"
