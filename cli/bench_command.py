@@ -18,7 +18,7 @@ from diffkit.bench.report import build_summary, quality_table, render_markdown
 from diffkit.bench.runner import Runner
 from diffkit.bench.spec import DEFAULT_BUDGETS, DEFAULT_NUM_SAMPLES, METRICS, BenchConfig
 from diffkit.bench.sweep import SweepResult, run_sweep
-from diffkit.cli.main import fail, handle_errors, load_registry
+from diffkit.cli.common import fail, handle_errors, load_registry
 from diffkit.core.errors import UsageError
 from diffkit.peers import parse_peers
 from diffkit.peers.runners import peer_runners as build_peer_runners

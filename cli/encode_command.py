@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import typer
 
-from diffkit.cli.main import given, handle_errors, load_registry
+from diffkit.cli.common import given, handle_errors, load_registry
 from diffkit.core.errors import UsageError
 from diffkit.core.process import NoiseProcess
 from diffkit.eval.encoding import decode, encode

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffkit.classifier import shipped_classifiers
-from diffkit.cli.main import handle_errors, load_registry
+from diffkit.cli.common import handle_errors, load_registry
 from diffkit.core.errors import UsageError
 from diffkit.eval.image_eval import ImageEvaluation, evaluate_images
 from diffkit.plugin import validate

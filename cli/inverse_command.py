@@ -9,7 +9,7 @@ from typing import Annotated
 import torch
 import typer
 
-from diffkit.cli.main import handle_errors, load_registry
+from diffkit.cli.common import handle_errors, load_registry
 from diffkit.plugin.options import split_key_values
 from diffkit.run.api import SampleConfig, SampleRun
 from diffkit.run.api import sample as run_sample

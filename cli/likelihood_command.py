@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffkit.cli.main import given, handle_errors, load_registry
+from diffkit.cli.common import given, handle_errors, load_registry
 from diffkit.core.errors import UsageError
 from diffkit.eval.likelihood_eval import LikelihoodConfig, evaluate_likelihood, load_points, resolved_levels
 from diffkit.plugin import validate

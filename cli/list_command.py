@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffkit.cli.main import fail, handle_errors, load_registry
+from diffkit.cli.common import fail, handle_errors, load_registry
 from diffkit.plugin.catalog import render_markdown, sampler_rows
 from diffkit.plugin.registry import KINDS, Component, Registry
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from diffkit.cli.main import given, handle_errors, load_registry
+from diffkit.cli.common import given, handle_errors, load_registry
 from diffkit.core.errors import OutputError, UsageError
 from diffkit.eval.sample_quality import class_quality, metric_samples, oracle_quality
 from diffkit.plugin.options import split_key_values

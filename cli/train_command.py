@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from diffkit.cli.main import fail, handle_errors, interruption, load_registry
+from diffkit.cli.common import fail, handle_errors, interruption, load_registry
 from diffkit.plugin.options import split_key_values
 from diffkit.plugin.validate import check_train_numbers
 from diffkit.run.datafile import resolve_dataset

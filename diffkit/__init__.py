@@ -20,19 +20,31 @@ from diffkit.core.parameterization import (
 )
 from diffkit.core.process import DiscreteProcess, LinearGaussianProcess, NoiseProcess, discrete_process
 from diffkit.core.sampler import Capabilities, Sampler, SampleResult, StepInfo
+from diffkit.core.schedules import (
+    LinearBetaProcess,
+    ddpm_cosine_alpha_bar,
+    ddpm_linear_alpha_bar,
+    vp_beta,
+    vp_t_from_log_alpha,
+)
 from diffkit.core.traits import ProcessTraits, traits_of
 from diffkit.plugin.hookspecs import hookimpl
-from diffkit.plugin.registry import Registrar, Registry, build_registry
+from diffkit.plugin.loading import build_registry
+from diffkit.plugin.options import validate_options
+from diffkit.plugin.registry import Registrar, Registry
+from diffkit.run.data import Dataset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Capabilities",
     "CompositionError",
+    "Dataset",
     "DiffkitError",
     "DiscreteProcess",
     "DuplicateComponentError",
     "EpsPrediction",
+    "LinearBetaProcess",
     "LinearGaussianProcess",
     "NoiseProcess",
     "OptionError",
@@ -53,7 +65,12 @@ __all__ = [
     "VPrediction",
     "X0Prediction",
     "build_registry",
+    "ddpm_cosine_alpha_bar",
+    "ddpm_linear_alpha_bar",
     "discrete_process",
     "hookimpl",
     "traits_of",
+    "validate_options",
+    "vp_beta",
+    "vp_t_from_log_alpha",
 ]

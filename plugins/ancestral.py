@@ -37,8 +37,6 @@ import torch
 from diffkit import Capabilities, Registrar, hookimpl
 from diffkit.solvers import FixedStepSampler, StepContext, ancestral_step
 
-VARIANCES: tuple[str, ...] = ("beta", "beta_tilde")
-
 
 @dataclass(frozen=True, kw_only=True)
 class Ancestral(FixedStepSampler):
@@ -61,12 +59,6 @@ class Ancestral(FixedStepSampler):
     capabilities: ClassVar[Capabilities] = Capabilities(
         stochastic=True, order=1.0, adaptive=False, nfe_per_step=1, default_grid="log-snr", default_steps=1000
     )
-
-    def __post_init__(self) -> None:
-        """Validate options."""
-        super().__post_init__()
-        if self.variance not in VARIANCES:
-            raise ValueError(f"option variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
 
     def step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
         """Sample the posterior q(x_s | x_t, x0_hat) from times[i] to times[i + 1]."""

@@ -17,8 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from diffkit import Registrar, UsageError, hookimpl
-from diffkit.run.data import Dataset
+from diffkit import Dataset, Registrar, UsageError, hookimpl
 
 _IMAGE_RANGE = (-1.0, 1.0)
 

@@ -16,8 +16,14 @@ from typing import ClassVar
 import torch
 from torch.nn.functional import logsigmoid
 
-from diffkit import LinearGaussianProcess, ProcessTraits, Registrar, hookimpl
-from diffkit.core.schedules import ddpm_cosine_alpha_bar, ddpm_linear_alpha_bar
+from diffkit import (
+    LinearGaussianProcess,
+    ProcessTraits,
+    Registrar,
+    ddpm_cosine_alpha_bar,
+    ddpm_linear_alpha_bar,
+    hookimpl,
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from diffkit import NoiseProcess, Registrar, ScoreModel, UsageError, hookimpl
-from diffkit.peers.diffusers import diffusers_config
+from diffkit.peers import diffusers_config
 
 PREFIX = "diffusers"
 _KINDS = {"epsilon": "eps", "eps": "eps", "v_prediction": "v", "v": "v", "sample": "x0", "x0": "x0"}

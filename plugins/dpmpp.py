@@ -125,12 +125,6 @@ class DPMSolverPP2MSDE(_Multistep):
     s_noise: float = field(default=1.0, metadata={"range": (0, None)})
     solver_type: SolverType = "midpoint"
 
-    def __post_init__(self) -> None:
-        """Check the declared options (eta, s_noise >= 0; base class), then solver_type."""
-        super().__post_init__()
-        if self.solver_type not in ("midpoint", "heun"):
-            raise ValueError(f"option solver_type must be 'midpoint' or 'heun', got {self.solver_type!r}")
-
     @property
     def capabilities(self) -> Capabilities:
         """Weak order 1 and stochastic when eta > 0 and s_noise > 0; else the ODE's order 2."""

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from diffkit import NoiseProcess, Registrar, ScoreModel, hookimpl
-from diffkit.oracles.conditional import class_log_posterior, conditional_eps
-from diffkit.oracles.mixture import (
+from diffkit.oracles import (
+    class_log_posterior,
     component_log_joint,
+    conditional_eps,
     mixture_eps,
     mixture_log_prob,
     mixture_sample,

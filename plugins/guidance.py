@@ -8,8 +8,7 @@ Every sampler only calls `model.predict`, so each wrapper works with every sampl
 from __future__ import annotations
 
 from diffkit import Registrar, hookimpl
-from diffkit.wrappers.guidance import cfg, classifier
-from diffkit.wrappers.inverse import colorize, inpaint
+from diffkit.wrappers import cfg, classifier, colorize, inpaint
 
 
 @hookimpl

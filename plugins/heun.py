@@ -83,15 +83,11 @@ class Heun(FixedStepSampler):
 
     s_churn: float = field(default=0.0, metadata={"range": (0, None)})
     s_tmin: float = field(default=0.0, metadata={"range": (0, None)})
-    s_tmax: float = field(default=math.inf, metadata={"range": (0, None), "finite": False})
+    s_tmax: float = field(
+        default=math.inf, metadata={"range": (0, None), "finite": False, "at_least": "s_tmin"}
+    )
     s_noise: float = field(default=1.0, metadata={"range": (0, None)})
     euler_last: bool = True
-
-    def __post_init__(self) -> None:
-        """Check the declared options (base class), then s_tmin <= s_tmax."""
-        super().__post_init__()
-        if self.s_tmax < self.s_tmin:
-            raise ValueError(f"need s_tmin <= s_tmax, got {self.s_tmin} and {self.s_tmax}")
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]

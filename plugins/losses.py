@@ -6,14 +6,14 @@ A loss factory takes the objective's options and returns a `Loss`: a frozen call
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
 
-from diffkit import Registrar, ScoreModel, hookimpl
+from diffkit import Registrar, ScoreModel, hookimpl, validate_options
 from diffkit import losses as L
-from diffkit.solvers.ncsn import geometric_levels
+from diffkit.solvers import geometric_levels
 
 
 class Loss(Protocol):
@@ -75,14 +75,11 @@ class DSMLoss(_Objective):
     """Continuous-time weighted DSM, standard or likelihood weighting (Song et al. 2021, eq. 7)."""
 
     weighting: Literal["standard", "likelihood"] = "standard"
-    importance: bool = False
+    importance: bool = field(default=False, metadata={"needs": {"weighting": "likelihood"}})
 
     def __post_init__(self) -> None:
-        """Validate the options."""
-        if self.weighting not in ("standard", "likelihood"):
-            raise ValueError(f"weighting must be standard or likelihood, got {self.weighting!r}")
-        if self.importance and self.weighting != "likelihood":
-            raise ValueError("importance=true needs weighting=likelihood")
+        """Check the declared options (also when built directly, outside the registry)."""
+        validate_options(self)
 
     def _evaluate(
         self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any
@@ -105,9 +102,8 @@ class SimpleLoss(_Objective):
     target: Literal["auto", "eps", "x0", "v"] = "auto"
 
     def __post_init__(self) -> None:
-        """Validate the target."""
-        if self.target not in ("auto", "eps", "x0", "v"):
-            raise ValueError(f"target must be auto, eps, x0 or v, got {self.target!r}")
+        """Check the declared options (also when built directly, outside the registry)."""
+        validate_options(self)
 
     def _evaluate(
         self, model: ScoreModel, x0: torch.Tensor, generator: torch.Generator | None, cond: Any

@@ -36,6 +36,7 @@ from diffkit import (
     ScoreModel,
     StepInfo,
     hookimpl,
+    validate_options,
 )
 from diffkit.solvers import Callback, check_grid, finish_run, reverse_drift, schedule_dtype
 
@@ -162,7 +163,7 @@ class ODESampler:
         denoise_final: after reaching t_min, return the model's x0 prediction (one extra NFE).
     """
 
-    method: str = "dopri5"
+    method: str = field(default="dopri5", metadata={"choices": tuple(ODE_METHODS)})
     rtol: float = field(default=1e-5, metadata={"positive": True, "finite": False})
     atol: float = field(default=1e-5, metadata={"positive": True, "finite": False})
     first_step: float | None = field(default=None, metadata={"positive": True, "finite": False})
@@ -170,9 +171,8 @@ class ODESampler:
     denoise_final: bool = False
 
     def __post_init__(self) -> None:
-        """Check the method; the declared option ranges are checked by the registry's build."""
-        if self.method not in ODE_METHODS:
-            raise ValueError(f"unknown ODE method {self.method!r}; expected one of {', '.join(ODE_METHODS)}")
+        """Check the declared options (method among `ODE_METHODS`), then first_step's method."""
+        validate_options(self)
         if self.first_step is not None and not ODE_METHODS[self.method].adaptive:
             raise ValueError(f"option first_step applies to adaptive methods only, not {self.method!r}")
 

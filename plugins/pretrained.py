@@ -22,8 +22,7 @@ from diffkit import NoiseProcess, Registrar, Registry, ScoreModel, UsageError, h
 def load_pretrained(name: str, process: NoiseProcess, registry: Registry) -> ScoreModel:
     """The shipped model `name` (EMA weights, eval mode) on `process`, its training process."""
     from diffkit.pretrained import folder
-    from diffkit.train import model_from_checkpoint
-    from diffkit.train.checkpoint import same_schedule
+    from diffkit.train import model_from_checkpoint, same_schedule
 
     with resources.as_file(folder(name)) as path:
         record = json.loads((path / "config.json").read_text())
@@ -76,7 +75,7 @@ def diffkit_resolve_model(
     model_options: dict[str, Any],
 ) -> ScoreModel | None:
     """A `diffkit train` checkpoint folder named by path (registered model names come first)."""
-    from diffkit.train.checkpoint import is_checkpoint_name, model_from_checkpoint
+    from diffkit.train import is_checkpoint_name, model_from_checkpoint
 
     if not is_checkpoint_name(name):
         return None

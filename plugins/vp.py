@@ -7,8 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from diffkit import ProcessTraits, Registrar, hookimpl
-from diffkit.core.schedules import LinearBetaProcess, vp_beta, vp_t_from_log_alpha
+from diffkit import LinearBetaProcess, ProcessTraits, Registrar, hookimpl, vp_beta, vp_t_from_log_alpha
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,6 +25,14 @@ from diffkit.plugin.options import validate_options
         ("dpmpp-2m-sde", {"s_noise": "-0.5"}, "option s_noise must be a finite number >= 0, got -0.5"),
         ("pc", {"snr": "-1"}, "option snr must be a positive number or auto, got -1.0"),
         ("pc", {"corrector_steps": "0"}, "option corrector_steps must be a positive integer, got 0"),
+        (
+            "ode",
+            {"method": "rk5"},
+            "option method must be one of dopri5, dopri8, bosh3, fehlberg2, "
+            "adaptive_heun, euler, midpoint, heun2, heun3, rk4, explicit_adams, implicit_adams, "
+            "fixed_adams, got 'rk5'",
+        ),
+        ("heun", {"s_tmin": "2", "s_tmax": "1"}, "option s_tmax must be >= s_tmin (2.0), got 1.0"),
     ],
 )
 def test_declared_ranges_give_one_line(registry, name, options, message):
@@ -67,3 +75,37 @@ def test_unknown_check_key_is_a_type_error():
 
     with pytest.raises(TypeError, match="unknown check keys"):
         validate_options(Typo())
+
+
+def test_relations_and_literal_choices_are_declared_once(registry):
+    """`needs` and Literal choices hold for a loss built by the registry and built directly."""
+    with pytest.raises(OptionError) as error:
+        registry.build("loss", "dsm", {"importance": "true"})
+    assert str(error.value) == "loss 'dsm': option importance=true needs weighting=likelihood"
+    registry.build("loss", "dsm", {"importance": "true", "weighting": "likelihood"})
+    simple = type(registry.build("loss", "simple", {}))
+    with pytest.raises(ValueError) as direct:
+        simple(target="score")
+    assert str(direct.value) == "option target must be one of auto, eps, x0, v, got 'score'"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Related:
+    low: float = 0.0
+    high: float = dataclasses.field(default=1.0, metadata={"at_least": "low"})
+    mode: str = dataclasses.field(default="a", metadata={"choices": ("a", "b")})
+    extra: bool = dataclasses.field(default=False, metadata={"needs": {"mode": "b"}})
+
+
+def test_at_least_choices_and_needs():
+    validate_options(_Related())
+    validate_options(_Related(low=1.0, high=1.0, mode="b", extra=True))
+    bad = [
+        ({"low": 2.0}, "option high must be >= low (2.0), got 1.0"),
+        ({"mode": "c"}, "option mode must be one of a, b, got 'c'"),
+        ({"extra": True}, "option extra=true needs mode=b"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError) as error:
+            validate_options(_Related(**kwargs))
+        assert str(error.value) == message

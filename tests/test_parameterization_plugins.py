@@ -27,6 +27,7 @@ from diffkit.core import parameterization as param
 from diffkit.core.errors import PluginError, UsageError
 from diffkit.core.model import Prediction, schedule_rates
 from diffkit.core.shapes import append_dims
+from diffkit.plugin.contract import registered_parameterization
 from diffkit.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
 
 VELOCITY_PLUGIN = """
@@ -87,7 +88,7 @@ def _as_velocity(oracle: diffkit.ScoreModel, velocity: param.Parameterization) -
 def test_a_plugin_parameterization_samples_like_the_eps_model(plugged: diffkit.Registry, solver: str) -> None:
     process = plugged.build("process", "vp", {})
     oracle = plugged.build("model", "gmm:ring8", {}, process)
-    model = _as_velocity(oracle, param.registered(plugged, "velocity"))
+    model = _as_velocity(oracle, registered_parameterization(plugged, "velocity"))
     assert model.kind == "velocity" and type(model.parameterization).__name__ == "Velocity"
     x_init = process.prior_sample((64, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grid = plugged.build("grid", "uniform", {})(process, 12)
@@ -103,7 +104,7 @@ def test_a_plugin_parameterization_samples_like_the_eps_model(plugged: diffkit.R
 def test_the_velocity_model_predicts_every_target_of_the_oracle(plugged: diffkit.Registry) -> None:
     process = plugged.build("process", "vp", {})
     oracle = plugged.build("model", "gmm:ring8", {}, process)
-    model = _as_velocity(oracle, param.registered(plugged, "velocity"))
+    model = _as_velocity(oracle, registered_parameterization(plugged, "velocity"))
     x = torch.randn(32, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     t = torch.linspace(1e-3, 1.0, 32, dtype=torch.float64)
     ours, exact = model.predict(x, t), oracle.predict(x, t)
@@ -153,7 +154,7 @@ def test_prediction_rates_are_broadcast_and_need_a_process(registry: diffkit.Reg
 
 
 def test_registered_checks_names_and_what_the_plugin_builds(plugged: diffkit.Registry) -> None:
-    assert [type(param.registered(plugged, k)) for k in param.KINDS] == [
+    assert [type(registered_parameterization(plugged, k)) for k in param.KINDS] == [
         diffkit.EpsPrediction,
         diffkit.X0Prediction,
         diffkit.VPrediction,
@@ -161,9 +162,9 @@ def test_registered_checks_names_and_what_the_plugin_builds(plugged: diffkit.Reg
     ]
     expected = "unknown parameterization --kind 'flow'; expected eps, x0, v, score, liar, velocity"
     with pytest.raises(UsageError, match=re.escape(expected)):
-        param.registered(plugged, "flow", flag="--kind ")
+        registered_parameterization(plugged, "flow", flag="--kind ")
     with pytest.raises(PluginError, match=r"parameterization 'liar' \(plugin 'velocity_plugin'\) built"):
-        param.registered(plugged, "liar")
+        registered_parameterization(plugged, "liar")
 
 
 def test_train_accepts_a_plugin_kind_and_its_checkpoint_loads_only_with_the_plugin(

@@ -244,7 +244,7 @@ def test_the_shipped_models_use_the_registry_they_are_built_from(monkeypatch: py
     registry = diffkit.build_registry(autoload=False)
     built: list[int] = []
     monkeypatch.setattr(
-        diffkit.plugin.registry, "build_registry", lambda **kw: built.append(1)
+        diffkit.plugin.loading, "build_registry", lambda **kw: built.append(1)
     )  # no nested one
     model = registry.build("model", "moons", {}, registry.build("process", "vp", {}))
     assert built == [] and model.kind == "v"

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 import diffkit
 from diffkit.cli.main import app
 from diffkit.core.errors import DuplicateComponentError, PluginError
-from diffkit.core.sampler import SampleResult, check_result
+from diffkit.core.sampler import SampleResult
+from diffkit.plugin.contract import check_result
 
 runner = CliRunner()
 

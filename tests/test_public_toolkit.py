@@ -1,5 +1,6 @@
-"""The public solver toolkit: built-in plugins import only public modules, and README's plugin
-guide sampler (written on `diffkit.solvers`) installs and passes the conformance kit."""
+"""The public toolkit: built-in plugins import only public names (sampler plugins only `diffkit`
+and `diffkit.solvers`), and README's plugin guide sampler (written on `diffkit.solvers`)
+installs and passes the conformance kit."""
 
 from __future__ import annotations
 
@@ -19,56 +20,73 @@ import diffkit.solvers
 from diffkit.testing import check_convergence_order, check_sampler_conformance
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = {"diffkit", "diffkit.solvers"}
-
-# Plugins not yet on public names only (issue 11, parts 1 and 5): the non-sampler plugins use
-# core modules that are not public API yet. Each entry is (plugin file, module it may import).
-ALLOWED = {
-    ("datasets.py", "diffkit.run.data"),  # Dataset: a data-plugin API is still to be made public
-    ("ddpm.py", "diffkit.core.schedules"),  # alpha-bar tables: math for the process plugins
-    ("vp.py", "diffkit.core.schedules"),
-    ("subvp.py", "diffkit.core.schedules"),
-    ("diffusers_models.py", "diffkit.peers.diffusers"),  # diffusers adapter
-    ("gmm.py", "diffkit.oracles.conditional"),  # mixture oracles: the gmm plugin's own math
-    ("gmm.py", "diffkit.oracles.mixture"),
-    ("guidance.py", "diffkit.wrappers.guidance"),  # model wrappers
-    ("guidance.py", "diffkit.wrappers.inverse"),
-    ("losses.py", "diffkit.losses"),  # training losses
-    ("losses.py", "diffkit.solvers.ncsn"),
-    ("networks.py", "diffkit.nn"),  # network architectures
-    ("pretrained.py", "diffkit.pretrained"),  # shipped weights and checkpoints
-    ("pretrained.py", "diffkit.train"),
-    ("pretrained.py", "diffkit.train.checkpoint"),
+SAMPLER_FACES = {"diffkit", "diffkit.solvers"}
+# The public faces: packages whose `__init__` names its public API in `__all__`. A plugin
+# imports from these only, never from the modules behind them.
+FACES = SAMPLER_FACES | {
+    "diffkit.losses",  # training objectives
+    "diffkit.nn",  # network architectures
+    "diffkit.oracles",  # exact mixture scores (the gmm plugin)
+    "diffkit.peers",  # the diffusers adapter
+    "diffkit.pretrained",  # shipped weights
+    "diffkit.train",  # checkpoints
+    "diffkit.wrappers",  # guidance and inverse-problem wrappers
 }
 
 
 def _diffkit_imports(path: Path) -> set[str]:
     """Every `diffkit...` module imported by `path`, at any depth (functions included)."""
+    return {module for module, _ in _imported_names(path)}
+
+
+def _imported_names(path: Path) -> set[tuple[str, str]]:
+    """(module, name) for every `from diffkit... import name` in `path` ('' for `import M`)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules = [node.module]
-            if node.module == "diffkit":  # `from diffkit import losses` imports a module
-                modules += [f"diffkit.{a.name}" for a in node.names if (ROOT / "diffkit" / a.name).exists()]
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if node.module == "diffkit" and (ROOT / "diffkit" / alias.name).exists():
+                    found.add((submodule, ""))  # `from diffkit import losses` imports a module
+                else:
+                    found.add((node.module, alias.name))
         elif isinstance(node, ast.Import):
-            modules = [a.name for a in node.names]
-        else:
-            continue
-        found |= {m for m in modules if m == "diffkit" or m.startswith("diffkit.")}
-    return found
+            found |= {(alias.name, "") for alias in node.names}
+    return {(m, n) for m, n in found if m == "diffkit" or m.startswith("diffkit.")}
 
 
-def test_builtin_plugins_import_only_public_modules() -> None:
-    """ast over plugins/*.py: no `diffkit.<core module>` import outside the listed exceptions."""
+def _sampler_plugins() -> list[Path]:
+    return [p for p in sorted((ROOT / "plugins").glob("*.py")) if "add_sampler(" in p.read_text()]
+
+
+def test_sampler_plugins_import_only_diffkit_and_solvers() -> None:
+    """ast over the plugins that register samplers: `diffkit` and `diffkit.solvers` only."""
+    plugins = _sampler_plugins()
+    assert len(plugins) >= 10
+    bad = sorted(f"{p.name}: {m}" for p in plugins for m in _diffkit_imports(p) - SAMPLER_FACES)
+    assert bad == []
+
+
+def test_builtin_plugins_import_only_public_names() -> None:
+    """ast over plugins/*.py: every import is from a public face and names a member of its `__all__`."""
     plugins = sorted((ROOT / "plugins").glob("*.py"))
     assert len(plugins) > 20
-    bad = sorted(
-        f"{path.name}: {module}"
-        for path in plugins
-        for module in _diffkit_imports(path) - PUBLIC
-        if (path.name, module) not in ALLOWED
-    )
+    bad = []
+    for path in plugins:
+        for module, name in sorted(_imported_names(path)):
+            if module not in FACES:
+                bad.append(f"{path.name}: {module} is not a public face")
+            elif name and name not in importlib.import_module(module).__all__:
+                bad.append(f"{path.name}: {module}.{name} is not in its __all__")
     assert bad == []
+
+
+def test_public_faces_export_what_they_list() -> None:
+    """Each face's `__all__` names objects it really has, and it has one."""
+    for face in sorted(FACES):
+        module = importlib.import_module(face)
+        assert module.__all__, face
+        assert [n for n in module.__all__ if not hasattr(module, n)] == [], face
 
 
 def test_import_scanner_sees_nested_imports(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from diffkit.eval.metrics import (
     within_mode_spread,
 )
 from diffkit.eval.sample_quality import oracle_quality
-from diffkit.plugin.registry import build_registry
+from diffkit.plugin.loading import build_registry
 from diffkit.run.api import SampleConfig, sample
 from diffkit.run.io import atomic_file, write_samples
 from diffkit.run.prior_noise import PriorNoise

@@ -19,7 +19,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffkit.cli.main import Terminated, app, terminate_raises
+from diffkit.cli.common import Terminated, terminate_raises
+from diffkit.cli.main import app
 from diffkit.core.errors import UsageError
 from diffkit.run.io import atomic_file
 from diffkit.train import TrainConfig, generation, load_checkpoint, loop, train

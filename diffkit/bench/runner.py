@@ -10,7 +10,7 @@ adapter). On CUDA the timer synchronises around each call, which adds a little t
 
 diffkit's runner calls the composed sampler directly, without the per-step NaN-check callback
 that `diffkit.run.api.sample` adds (peers have none): the result is checked once at the end
-(`diffkit.core.sampler.check_result`: shape, dtype, finiteness, counts), outside the timing, so the
+(`diffkit.plugin.contract.check_result`: shape, dtype, finiteness, counts), outside the timing, so the
 overheads of diffkit and peers are measured alike. The samples are
 exactly those of `diffkit sample` with the same noise and seed (same generator seeding).
 """
@@ -26,7 +26,7 @@ import torch
 from diffkit.bench.plan import SolverPlan
 from diffkit.bench.spec import DIFFKIT, BenchConfig, RunSpec
 from diffkit.core.model import ScoreModel
-from diffkit.core.sampler import check_result
+from diffkit.plugin.contract import check_result
 from diffkit.plugin.registry import Registry
 from diffkit.run.api import SampleConfig, compose, sample, sampler_seed
 from diffkit.run.provenance import jsonable

@@ -120,7 +120,7 @@ def train_shipped(name: str, dataset: Dataset, folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     """`python -m diffkit.classifier.train NAME...`: retrain the shipped classifiers into `weights/`."""
-    from diffkit.plugin.registry import build_registry
+    from diffkit.plugin.loading import build_registry
 
     registry = build_registry()
     folder = Path(__file__).resolve().parent / "weights"

@@ -13,15 +13,10 @@ call these functions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor
-
-from diffkit.core.errors import PluginError, UsageError
-
-if TYPE_CHECKING:
-    from diffkit.plugin.registry import Registry
 
 Kind = Literal["eps", "x0", "v", "score"]
 KINDS: tuple[str, ...] = ("eps", "x0", "v", "score")
@@ -256,28 +251,3 @@ def standard(kind: str | Parameterization) -> Parameterization:
     if found is None:
         raise ValueError(f"unknown parameterization {kind!r}; expected one of {', '.join(KINDS)}")
     return found
-
-
-def names(registry: Registry) -> list[str]:
-    """The registered parameterization names: the standard four first, then the plugins' sorted."""
-    found = registry.names("parameterization")
-    return [k for k in KINDS if k in found] + [n for n in found if n not in KINDS]
-
-
-def registered(registry: Registry, kind: str, *, flag: str = "") -> Parameterization:
-    """The conversion object registered as `kind` (UsageError naming the registered ones if none).
-
-    `flag` prefixes the name in the message (e.g. "--kind "). A plugin factory that builds
-    something else than a `Parameterization` named `kind` is a `PluginError` naming the plugin.
-    """
-    known = names(registry)
-    if kind not in known:
-        raise UsageError(f"unknown parameterization {flag}{kind!r}; expected {', '.join(known)}")
-    built = registry.build("parameterization", kind, {})
-    if not isinstance(built, Parameterization) or built.name != kind:
-        plugin = registry.get("parameterization", kind).plugin
-        raise PluginError(
-            f"parameterization {kind!r} (plugin {plugin!r}) built {built!r}, "
-            f"not a Parameterization named {kind!r}"
-        )
-    return built

@@ -8,19 +8,16 @@ fields are the options) and is stateless between calls:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from diffkit.core.errors import CompositionError, DiffkitError, PluginError
+from diffkit.core.errors import CompositionError
 from diffkit.core.model import ScoreModel
 from diffkit.core.process import NoiseProcess, schedule_problem
 from diffkit.core.traits import check_trait_names, traits_of
-
-if TYPE_CHECKING:
-    from diffkit.plugin.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -155,82 +152,3 @@ def check_composition(sampler_name: str, sampler: Sampler, process_name: str, pr
 def denoise(model: ScoreModel, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
     """Tweedie denoising step: return E[x0 | x_t = x] from one model call."""
     return model.predict(x, t, cond).x0
-
-
-def _count(value: object) -> bool:
-    """A non-negative Python or NumPy integer (not a bool, not a tensor)."""
-    return hasattr(value, "__index__") and not isinstance(value, (bool, torch.Tensor)) and int(value) >= 0
-
-
-def _result_problem(result: object, x_init: torch.Tensor, check_finite: bool) -> str | None:
-    """What is wrong with a sampler's `result` for the batch `x_init` `(B, *dims)`, or None."""
-    x = getattr(result, "x", None)
-    if not isinstance(x, torch.Tensor):
-        what = type(x).__name__ if hasattr(result, "x") else type(result).__name__
-        return f"returned a {what}, not a SampleResult with a tensor x"
-    if not x.is_floating_point() or x.dtype != x_init.dtype:
-        got, want = (str(dtype).removeprefix("torch.") for dtype in (x.dtype, x_init.dtype))
-        return f"returned {got} samples for a {want} batch"
-    if x.ndim and x.shape[0] != x_init.shape[0]:
-        return f"returned {x.shape[0]} rows for a batch of {x_init.shape[0]}"
-    if x.shape != x_init.shape:
-        return f"returned samples of shape {tuple(x.shape)} for a batch of shape {tuple(x_init.shape)}"
-    if x.device != x_init.device:
-        return f"returned samples on {x.device} for a batch on {x_init.device}"
-    for name in ("nfe", "steps"):
-        if not _count(getattr(result, name, None)):
-            return f"returned {name}={getattr(result, name, None)!r}, not a non-negative int"
-    if check_finite and not bool(torch.isfinite(x).all()):
-        return "returned NaN or Inf samples"
-    return None
-
-
-def third_party_failure(name: str, registry: Registry, error: Exception) -> PluginError | None:
-    """A one-line `PluginError` for an exception raised inside third-party sampler `name`, else None.
-
-    Built-in samplers get None: an exception there is diffkit's own bug and stays an internal error.
-    """
-    try:
-        component = registry.get("sampler", name)
-    except DiffkitError:
-        return None
-    if component.plugin in registry.builtins:
-        return None
-    first = (str(error).strip().splitlines() or [""])[0]
-    return PluginError(
-        f"sampler {name!r} (plugin {component.plugin!r}, {component.distribution}) failed: "
-        f"{type(error).__name__}: {first}"
-    )
-
-
-def check_result(
-    result: object,
-    x_init: torch.Tensor,
-    name: str,
-    registry: Registry | None = None,
-    step_flags: Sequence[torch.Tensor] = (),
-) -> SampleResult:
-    """Check a sampler's result against its batch `x_init` `(B, *dims)`; return it, or raise.
-
-    `result.x` must be a floating tensor of `x_init`'s shape, dtype and device, and finite;
-    `nfe` and `steps` non-negative ints. `step_flags` are per-step finiteness flags (0-dim
-    bool tensors) the caller recorded through the callback: when one is False the caller
-    reports that step itself, so the finiteness of the result is not checked here.
-
-    Raises:
-        PluginError: one line naming the sampler `name` and its plugin (looked up in
-            `registry` only on failure), e.g. "sampler 'bad' (plugin 'badpkg', local module)
-            returned 99 rows for a batch of 100".
-    """
-    check_finite = not step_flags or bool(torch.stack(list(step_flags)).all())
-    problem = _result_problem(result, x_init, check_finite)
-    if problem is None:
-        return result  # type: ignore[return-value]
-    where = ""
-    if registry is not None:
-        try:
-            component = registry.get("sampler", name)
-            where = f" (plugin {component.plugin!r}, {component.distribution})"
-        except DiffkitError:
-            pass
-    raise PluginError(f"sampler {name!r}{where} {problem}")

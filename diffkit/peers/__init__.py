@@ -11,5 +11,6 @@ Neither peer is imported when this package is: each is imported on first use.
 """
 
 from diffkit.peers.availability import PEERS, Peer, PeerNotInstalled, parse_peers, require
+from diffkit.peers.diffusers import diffusers_config
 
-__all__ = ["PEERS", "Peer", "PeerNotInstalled", "parse_peers", "require"]
+__all__ = ["PEERS", "Peer", "PeerNotInstalled", "diffusers_config", "parse_peers", "require"]

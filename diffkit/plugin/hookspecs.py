@@ -30,7 +30,7 @@ building a registry of its own::
     def my_model(process, *, registry: Registry, weights: str = "ema"):
         trained = registry.build("process", "vp", {})
 
-A sampler's result is checked after every call (`diffkit.core.sampler.check_result`): a wrong
+A sampler's result is checked after every call (`diffkit.plugin.contract.check_result`): a wrong
 shape, dtype, row count or a non-finite value is a `PluginError` naming the plugin.
 """
 

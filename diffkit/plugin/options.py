@@ -186,10 +186,16 @@ def split_key_values(items: list[str] | tuple[str, ...], flag: str) -> dict[str,
 #     eta: float = field(default=0.0, metadata={"range": (0, 1)})
 #     s_tmax: float = field(default=math.inf, metadata={"range": (0, None), "finite": False})
 #     snr: float | Literal["auto"] = field(default="auto", metadata={"positive": True, "or": ("auto",)})
+#     variance: str = field(default="posterior", metadata={"choices": ("posterior", "beta")})
+#     s_tmax: float = field(default=math.inf, metadata={"at_least": "s_tmin", "finite": False})
+#     importance: bool = field(default=False, metadata={"needs": {"weighting": "likelihood"}})
 # Keys: "positive" (> 0; for an int, >= 1), "range" ((low, high), closed, None = unbounded),
-# "finite" (default True: reject +-inf), "or" (other accepted values). A `bool` field needs no
+# "finite" (default True: reject +-inf), "or" (other accepted values), "choices" (the accepted
+# values, for a string option), "at_least" (another option this one may not be below), "needs"
+# (when set to a true value, the other options must have these values). A `bool` field needs no
 # metadata: its type is checked. A field whose default is None also accepts None.
-_CHECK_KEYS = {"positive", "range", "finite", "or"}
+_CHECK_KEYS = {"positive", "range", "finite", "or", "choices", "at_least", "needs"}
+_RELATIONS = {"at_least", "needs"}  # checks against other options, made after every field's own
 
 
 def _is_number(value: Any, integer: bool) -> bool:
@@ -227,11 +233,17 @@ def _check_field(name: str, annotation: Any, check: Mapping[str, Any], value: An
         if not isinstance(value, bool):
             raise ValueError(f"option {name} must be true or false, got {value!r}")
         return
-    if not check:
-        return
     unknown = set(check) - _CHECK_KEYS
     if unknown:
         raise TypeError(f"option {name}: unknown check keys {sorted(unknown)}")
+    if "choices" in check:
+        if value not in check["choices"] or isinstance(value, bool):
+            raise ValueError(
+                f"option {name} must be one of {', '.join(map(str, check['choices']))}, got {value!r}"
+            )
+        return
+    if not set(check) - _RELATIONS:
+        return
     if value in check.get("or", ()) and not isinstance(value, bool | int | float):
         return
     integer = _is_int_type(annotation)
@@ -252,15 +264,45 @@ def _check_field(name: str, annotation: Any, check: Mapping[str, Any], value: An
 def validate_options(instance: Any) -> None:
     """Check every option field of the dataclass `instance` against its declared type and range.
 
+    A `Literal[...]` field must hold one of its values; `at_least` and `needs` relations are
+    checked after every field's own check.
+
     Raises ValueError naming the first bad option (the registry turns it into an OptionError).
     A non-dataclass is left alone.
     """
     if not dataclasses.is_dataclass(instance) or isinstance(instance, type):
         return
+    try:
+        hints = _hints(type(instance))
+    except Exception:  # an annotation typing cannot evaluate: check the declared metadata only
+        hints = {}
     for spec in dataclasses.fields(instance):
         if not spec.init:
             continue
         value = getattr(instance, spec.name)
         if value is None and spec.default is None:
             continue
+        annotation = hints.get(spec.name, spec.type)
+        if typing.get_origin(annotation) is typing.Literal and "choices" not in spec.metadata:
+            _check_field(spec.name, annotation, {"choices": typing.get_args(annotation)}, value)
         _check_field(spec.name, spec.type, spec.metadata, value)
+    for spec in dataclasses.fields(instance):
+        if spec.init:
+            _check_relations(instance, spec.name, spec.metadata)
+
+
+def _check_relations(instance: Any, name: str, check: Mapping[str, Any]) -> None:
+    """Raise ValueError if option `name` breaks its `at_least` or `needs` relation to another option."""
+    value = getattr(instance, name)
+    other = check.get("at_least")
+    if other is not None and value < getattr(instance, other):
+        raise ValueError(f"option {name} must be >= {other} ({getattr(instance, other)!r}), got {value!r}")
+    if check.get("needs") and value:
+        for key, wanted in check["needs"].items():
+            if getattr(instance, key) != wanted:
+                raise ValueError(f"option {name}={_show(value)} needs {key}={_show(wanted)}")
+
+
+def _show(value: Any) -> str:
+    """An option value as typed on the command line (`true`, `likelihood`, `0.5`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -21,16 +21,11 @@ from diffkit.core.errors import DiffkitError, SamplingError, UnknownComponentErr
 from diffkit.core.grid import check_grid
 from diffkit.core.model import ScoreModel
 from diffkit.core.process import NoiseProcess
-from diffkit.core.sampler import (
-    Sampler,
-    SampleResult,
-    StepInfo,
-    check_composition,
-    check_result,
-    third_party_failure,
-)
+from diffkit.core.sampler import Sampler, SampleResult, StepInfo, check_composition
 from diffkit.plugin import validate
-from diffkit.plugin.registry import Registry, build_registry
+from diffkit.plugin.contract import check_result, third_party_failure
+from diffkit.plugin.loading import build_registry
+from diffkit.plugin.registry import Registry
 from diffkit.run.prior_noise import PriorNoise
 from diffkit.run.provenance import jsonable
 

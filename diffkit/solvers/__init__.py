@@ -50,7 +50,7 @@ from diffkit.solvers.exponential import (
     step_order,
     unipc_weights,
 )
-from diffkit.solvers.ncsn import langevin_step, ncsnv2_step_size, snr_step_size
+from diffkit.solvers.ncsn import geometric_levels, langevin_step, ncsnv2_step_size, snr_step_size
 from diffkit.solvers.stepping import FixedStepSampler, StepContext, finish_run, local_generator, make_context
 
 __all__ = [
@@ -82,6 +82,7 @@ __all__ = [
     "finish_run",
     "from_scaled",
     "gaussian_transition",
+    "geometric_levels",
     "half_log_snr",
     "heun_correction",
     "langevin_step",

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffkit.core import parameterization as param
 from diffkit.core.errors import UsageError
 from diffkit.core.model import SCORE_SCALINGS, ScoreModel
 from diffkit.core.process import NoiseProcess
+from diffkit.plugin.contract import parameterization_names, registered_parameterization
 from diffkit.plugin.options import parse_options
 from diffkit.plugin.registry import Registry
 from diffkit.plugin.validate import checkpoint_record
@@ -288,7 +288,7 @@ def load_checkpoint(path: str | Path, registry: Registry, *, weights: str = "ema
         raise UsageError(f"checkpoint weights must be ema or raw, got {weights!r}")
     folder = Path(path)
     record = read_config(folder)
-    checkpoint_record(record, repr(str(folder / CONFIG)), param.names(registry))
+    checkpoint_record(record, repr(str(folder / CONFIG)), parameterization_names(registry))
     try:
         network_spec, process_spec = dict(record["network"]), dict(record["process"])
         data_shape = tuple(int(n) for n in record["data_shape"])
@@ -366,7 +366,7 @@ def model_from_checkpoint(
         )
     return ScoreModel(  # a learned variance is split off by the model; `ancestral` uses it
         loaded.network,
-        kind=param.registered(registry, loaded.kind),
+        kind=registered_parameterization(registry, loaded.kind),
         process=process,
         data_shape=loaded.data_shape,
         learned_variance=loaded.learned_variance,

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffkit.core import parameterization as param
 from diffkit.core.errors import OutputError, UsageError
 from diffkit.core.model import ScoreModel
-from diffkit.plugin.registry import Registry, build_registry
+from diffkit.plugin.contract import registered_parameterization
+from diffkit.plugin.loading import build_registry
+from diffkit.plugin.registry import Registry
 from diffkit.run.data import Dataset
 from diffkit.run.datafile import check_unchanged, resolve_dataset
 from diffkit.run.provenance import versions
@@ -68,7 +69,7 @@ def _setup(
     config: TrainConfig, registry: Registry, device: torch.device, dataset: Dataset | None = None
 ) -> _Setup:
     """Build dataset (unless given), process, network and loss; check them on a two-example batch."""
-    parameterization = param.registered(registry, config.kind, flag="--kind ")
+    parameterization = registered_parameterization(registry, config.kind, flag="--kind ")
     if dataset is None:
         dataset = resolve_dataset(registry, config.data, config.data_options)
     process = registry.build("process", config.process, config.process_options)
