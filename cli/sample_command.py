@@ -67,6 +67,14 @@ def sample(
     sde_opt: Annotated[list[str] | None, _opts("process")] = None,
     model_opt: Annotated[list[str] | None, _opts("model")] = None,
     grid_opt: Annotated[list[str] | None, _opts("grid")] = None,
+    timesteps: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K1,K2,...",
+            help="Custom timesteps of a discrete process, e.g. 999,850,500 (diffusers-style): "
+            "--grid table with these, then a last step to sigma = 0; --steps defaults to their count.",
+        ),
+    ] = None,
     x_init: Annotated[
         Path | None, typer.Option(help="Start from this prior noise (.npy, or .npz with 'samples').")
     ] = None,
@@ -82,8 +90,24 @@ def sample(
     guidance_scale: Annotated[
         float | None, typer.Option(help="Guidance scale w (0 unconditional, 1 conditional); needs --cond.")
     ] = None,
+    final_sigma: Annotated[
+        str,
+        typer.Option(
+            help="Where the grid ends: min (the process's t_min) or zero (the last of --steps goes to "
+            "sigma = 0: the x0 prediction, as diffusers' final_sigmas_type='zero')."
+        ),
+    ] = "min",
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="Bound the x0 prediction with this model wrapper: clip or dynamic-threshold.",
+            autocompletion=_completer("model_wrapper"),
+        ),
+    ] = None,
+    threshold_opt: Annotated[list[str] | None, _opts("threshold wrapper")] = None,
 ) -> None:
     """Draw samples from MODEL by integrating the reverse of process SDE with SOLVER."""
+    grid, grid_options = _table_grid(grid, split_key_values(grid_opt or [], "--grid-opt"), timesteps)
     config = SampleConfig(
         process=sde,
         solver=solver,
@@ -98,10 +122,13 @@ def sample(
         process_options=split_key_values(sde_opt or [], "--sde-opt"),
         solver_options=split_key_values(solver_opt or [], "--solver-opt"),
         model_options=split_key_values(model_opt or [], "--model-opt"),
-        grid_options=split_key_values(grid_opt or [], "--grid-opt"),
+        grid_options=grid_options,
         cond=cond,
         guidance=guidance,
         guidance_scale=guidance_scale,
+        final_sigma=final_sigma,
+        threshold=threshold,
+        threshold_options=split_key_values(threshold_opt or [], "--threshold-opt"),
     )
     noise = None if x_init is None else torch.from_numpy(read_real(x_init, "--x-init"))
     if noise is not None and given("num_samples") and num_samples != noise.shape[0]:
@@ -117,6 +144,7 @@ def sample(
         check_writable(plot_path, ".png")
     registry = load_registry()
     _refuse_grid_of_adaptive(config, registry)
+    config = _table_steps(config, registry)
     run = _run_with_progress(config, registry, noise)
     make_parent(out)
     samples = run.samples.detach().cpu()
@@ -146,7 +174,7 @@ def sample(
 
 def _refuse_grid_of_adaptive(config: SampleConfig, registry: Registry) -> None:
     """UsageError if --grid or --grid-opt is given for an adaptive solver, which uses only the ends."""
-    flags = [f"--{name.replace('_', '-')}" for name in given("grid", "grid_opt")]
+    flags = [f"--{name.replace('_', '-')}" for name in given("grid", "grid_opt", "timesteps")]
     if not flags:
         return
     if config.grid is not None:
@@ -157,6 +185,28 @@ def _refuse_grid_of_adaptive(config: SampleConfig, registry: Registry) -> None:
             f"{' and '.join(flags)} {verb} not apply to the adaptive solver {config.solver!r}: it chooses "
             "its own steps between the process's end points (use a fixed-step solver, e.g. ode:rk4)"
         )
+
+
+def _table_grid(
+    grid: str | None, grid_options: dict[str, str], timesteps: str | None
+) -> tuple[str | None, dict[str, str]]:
+    """(grid, grid options) with `--timesteps` as `--grid table --grid-opt timesteps=...` (UsageError
+    with another --grid, or with a timesteps grid option)."""
+    if timesteps is None:
+        return grid, grid_options
+    if grid not in (None, "table"):
+        raise UsageError(f"--timesteps sets the grid to 'table'; it cannot be combined with --grid {grid}")
+    if any(key.strip().replace("-", "_") == "timesteps" for key in grid_options):
+        raise UsageError("--timesteps and --grid-opt timesteps=... both give the timesteps; give one")
+    return "table", grid_options | {"timesteps": timesteps}
+
+
+def _table_steps(config: SampleConfig, registry: Registry) -> SampleConfig:
+    """With `--grid table` and no `--steps`, the table's own step count (not the solver's default)."""
+    if config.grid != "table" or config.steps is not None:
+        return config
+    table = registry.build("grid", "table", config.grid_options)
+    return replace(config, steps=table.steps)
 
 
 def _run_with_progress(config: SampleConfig, registry: Registry, noise: torch.Tensor | None) -> SampleRun:

@@ -64,9 +64,17 @@ def train_command(
         str, typer.Option(help="Dataset (`diffkit list dataset`) or an array file PATH.npy|.npz.")
     ] = "moons",
     sde: Annotated[str, typer.Option("--sde", help="Noise process (`diffkit list process`).")] = "vp",
-    loss: Annotated[str, typer.Option(help="Objective: simple, dsm, ncsn, vlb, hybrid.")] = "simple",
+    loss: Annotated[
+        str, typer.Option(help="Objective: simple, dsm, ncsn, vlb, hybrid, flow-matching.")
+    ] = "simple",
     net: Annotated[str, typer.Option(help="Network: mlp or unet.")] = "mlp",
-    kind: Annotated[str, typer.Option(help="Parameterization: v, eps, x0, score or a plugin's.")] = "v",
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help="Parameterization: v, eps, x0, score, velocity or a plugin's "
+            "[default: velocity for --loss flow-matching, else v]."
+        ),
+    ] = None,
     iters: Annotated[int, typer.Option(help="Total optimiser steps.")] = 1000,
     out: Annotated[Path, typer.Option(help="Checkpoint folder.")] = OUT,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 128,

@@ -15,6 +15,7 @@ from diffkit.core.parameterization import (
     EpsPrediction,
     Parameterization,
     ScorePrediction,
+    VelocityPrediction,
     VPrediction,
     X0Prediction,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "UnknownComponentError",
     "UsageError",
     "VPrediction",
+    "VelocityPrediction",
     "X0Prediction",
     "build_registry",
     "ddpm_cosine_alpha_bar",

@@ -18,7 +18,10 @@ ancestral (reverse-diffusion posterior) discretisation of the reverse SDE (Song 
 Every grid step adds noise, so the result is a sample of p_{t_min}. DDPM's last, noise-free step
 from x_1 (the first knot, t_min) to x_0 is `denoise_final=true`: there `alpha_s = 1, sigma_s = 0`
 and the posterior mean is the model's x0, so the `ddpm` grid with n steps plus denoise_final is
-DDPM (n = N - 1) or respaced DDPM with n + 1 model calls.
+DDPM (n = N - 1) or respaced DDPM with n + 1 model calls. A grid ending at sigma = 0 (a final
+point 0.0 below t_min) takes that step as its last: the x0 prediction, without noise for either
+variance (the posterior at sigma_s = 0 is a point mass; "beta"'s sigma_{t|s}^2 would not vanish
+there), and `denoise_final` then adds nothing.
 
 Default grid `log-snr`, 1000 steps (DDPM's T): chosen by measurement on gmm:ring8 and gmm:d64
 under vp and ve (within-mode spread over the truth; 1 is exact). Uniform-in-t steps (which is what

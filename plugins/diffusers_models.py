@@ -9,10 +9,17 @@ sinusoidal embedding at a fractional k, as in k-diffusion's `DiscreteEpsDDPMDeno
 The schedule and parameterization come from the folder's `scheduler_config.json` if present
 (`beta_schedule`, `beta_start`, `beta_end`, `num_train_timesteps`, `prediction_type`,
 `variance_type`), else diffusers' defaults (linear 1e-4..0.02, N = 1000, epsilon); the model
-options `prediction_type` (eps|v|x0) and `beta_schedule` (linear|squaredcos_cap_v2) override
-them. `--sde` must be the process of that schedule: a mismatch is refused, naming both. A UNet
-with twice the input channels and `variance_type="learned_range"` is improved DDPM's learned
-variance (Nichol & Dhariwal 2021, eq. 15, with v = (raw + 1) / 2), used by `ancestral`.
+options `prediction_type` (eps|v|x0|flow_prediction) and `beta_schedule` (linear|squaredcos_cap_v2)
+override them. `--sde` must be the process of that schedule: a mismatch is refused, naming both.
+A UNet with twice the input channels and `variance_type="learned_range"` is improved DDPM's
+learned variance (Nichol & Dhariwal 2021, eq. 15, with v = (raw + 1) / 2), used by `ancestral`.
+
+Flow-matching models (a `FlowMatch*` scheduler, or `prediction_type="flow_prediction"`) run on
+the `flow` process (alpha = 1 - sigma): the UNet sees timestep sigma N and predicts
+w = eps - x0 = dx/dsigma, diffkit's `velocity` up to the factor dsigma/dt of a shifted time
+(`shift`: SD3's sigma' = s sigma / (1 + (s - 1) sigma), from the config's `shift` or `flow_shift`,
+or the model option `shift`). `--sde` must be `flow` with that shift (with
+`use_dynamic_shifting`, any shift: it depends on the resolution, `--sde-opt mu=...`).
 
 Nothing is downloaded: the folder is read with `local_files_only=True`.
 """
@@ -88,7 +95,8 @@ def scheduler_settings(folder: Path, overrides: dict[str, str | None]) -> dict[s
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if settings["prediction_type"] not in _KINDS:
         raise UsageError(
-            f"unsupported prediction_type {settings['prediction_type']!r}; expected eps, v or x0"
+            f"unsupported prediction_type {settings['prediction_type']!r}; "
+            "expected eps, v, x0 or flow_prediction"
         )
     if settings["beta_schedule"] not in _SCHEDULES:
         raise UsageError(
@@ -132,6 +140,73 @@ def check_process(settings: dict[str, Any], process: NoiseProcess) -> None:
         )
 
 
+def flow_settings(folder: Path, prediction_type: str | None, shift: float | None) -> dict[str, Any] | None:
+    """The flow-matching settings of a diffusers folder (scheduler, shift, dynamic), None if it is not one.
+
+    A flow-matching model has a `FlowMatch*` scheduler or `prediction_type="flow_prediction"`
+    (UniPC / DPM-Solver with `use_flow_sigmas`); the option `prediction_type` overrides both.
+    """
+    config = folder / "scheduler_config.json"
+    if not config.is_file():
+        config = folder.parent / "scheduler" / "scheduler_config.json"
+    record = _read_json(config) if config.is_file() else {}
+    scheduler = str(record.get("_class_name", "scheduler"))
+    wanted = prediction_type or record.get("prediction_type")
+    flow = wanted == "flow_prediction" if wanted is not None else scheduler.startswith("FlowMatch")
+    if not flow:
+        return None
+    given = shift if shift is not None else record.get("shift", record.get("flow_shift", 1.0))
+    if not (isinstance(given, (int, float)) and math.isfinite(given) and given > 0):
+        raise UsageError(f"shift must be a positive number, got {given!r}")
+    dynamic = bool(record.get("use_dynamic_shifting", False)) and shift is None
+    n = int(record.get("num_train_timesteps", _DEFAULTS["num_train_timesteps"]))
+    return {"scheduler": scheduler, "shift": float(given), "dynamic": dynamic, "num_train_timesteps": n}
+
+
+def check_flow_process(settings: dict[str, Any], process: NoiseProcess) -> None:
+    """Refuse a process that is not the flow path alpha = 1 - sigma with the model's shift (one line)."""
+    t = torch.linspace(process.t_min, process.t_max, 9, dtype=torch.float64)[1:-1]
+    alpha, sigma = process.alpha(t).double(), process.sigma(t).double()
+    s = settings["shift"]
+    flow_path = bool(torch.allclose(alpha + sigma, torch.ones_like(t), rtol=0, atol=1e-9))
+    same = flow_path and (
+        settings["dynamic"] or bool(torch.allclose(sigma, s * t / (1 + (s - 1) * t), rtol=1e-9, atol=1e-12))
+    )
+    if not same:
+        wanted = "any shift: --sde-opt mu=MU" if settings["dynamic"] else f"shift={s:g}"
+        flags = " --sde-opt mu=MU" if settings["dynamic"] else ("" if s == 1.0 else f" --sde-opt shift={s:g}")
+        raise UsageError(
+            f"the UNet is a flow-matching model ({settings['scheduler']}, {wanted}), but --sde is "
+            f"{process}; sample it with --sde flow{flags}"
+        )
+
+
+class FlowUNetNetwork(nn.Module):
+    """A flow-matching UNet as a diffkit velocity network: dsigma/dt * unet(x, sigma(t) N) on a flow path.
+
+    diffusers' flow models predict w = eps - x0 = dx/dsigma at timestep sigma N; on a process with
+    alpha = 1 - sigma(t), dx/dt = sigma'(t) w, with sigma' = -alpha' = -f alpha (f = d log alpha / dt).
+    `process` is the process whose time the network receives (`ScoreModel.network_process`: on a
+    shifted `flow` the base `flow`, where sigma = t and the factor is 1).
+    """
+
+    def __init__(self, unet: nn.Module, num_train_timesteps: int) -> None:
+        super().__init__()
+        self.network = UNetNetwork(unet)
+        self.num_train_timesteps = num_train_timesteps
+        self.process: NoiseProcess | None = None  # set by `_flow_model` once the ScoreModel exists
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """Velocity `(B, C, H, W)` at times `t` `(B,)` of `process`, in `x`'s dtype."""
+        if self.process is None:
+            raise RuntimeError("FlowUNetNetwork called before its process was set")
+        times = t.double()
+        sigma = self.process.sigma(times)
+        d_sigma = -self.process.f(times) * self.process.alpha(times)
+        w = self.network(x, (sigma * self.num_train_timesteps).to(t.dtype), cond)
+        return w * d_sigma.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
 #: Weight files that unpickle (run code) when loaded: refused, whatever their content.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -164,15 +239,22 @@ def diffusers_model(path: str) -> Callable[..., ScoreModel]:
     """The `diffusers:<path>` factory: `factory(process, *, prediction_type, beta_schedule) -> ScoreModel`."""
 
     def factory(
-        process: NoiseProcess, *, prediction_type: str | None = None, beta_schedule: str | None = None
+        process: NoiseProcess,
+        *,
+        prediction_type: str | None = None,
+        beta_schedule: str | None = None,
+        shift: float | None = None,
     ) -> ScoreModel:
-        """A local diffusers UNet2DModel folder (eps, v or x0 prediction) on its ddpm process."""
+        """A local diffusers UNet2DModel folder (eps, v, x0 or flow prediction) on its process."""
         if not path:
             raise UsageError("no folder given: use diffusers:<PATH> (a local UNet2DModel folder)")
         folder = Path(path).expanduser()
         if not (folder / "config.json").is_file():
             what = "has no config.json" if folder.is_dir() else "does not exist"
             raise UsageError(f"folder {str(folder)!r} {what} (need a diffusers UNet2DModel folder)")
+        flow = flow_settings(folder, prediction_type, shift)
+        if flow is not None:
+            return _flow_model(folder, flow, process)
         settings = scheduler_settings(
             folder, {"prediction_type": prediction_type, "beta_schedule": beta_schedule}
         )
@@ -202,6 +284,22 @@ def diffusers_model(path: str) -> Callable[..., ScoreModel]:
     return factory
 
 
+def _flow_model(folder: Path, flow: dict[str, Any], process: NoiseProcess) -> ScoreModel:
+    """A flow-matching UNet2DModel folder as a velocity model on `process` (checked to be its flow)."""
+    check_flow_process(flow, process)
+    unet = _load_unet(folder)
+    channels, size = int(unet.config.in_channels), unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if int(unet.config.out_channels) != channels:
+        raise UsageError(
+            f"the UNet maps {channels} channels to {unet.config.out_channels}; expected {channels}"
+        )
+    network = FlowUNetNetwork(unet, flow["num_train_timesteps"])
+    model = ScoreModel(network, kind="velocity", process=process, data_shape=(channels, height, width))
+    network.process = model.network_process
+    return model
+
+
 @hookimpl
 def diffkit_resolve(kind: str, name: str) -> Callable[..., Any] | None:
     """Resolve `diffusers:<PATH>` models (a local UNet2DModel folder)."""
@@ -215,5 +313,8 @@ def diffkit_resolve(kind: str, name: str) -> Callable[..., Any] | None:
 def diffkit_register(registrar: Registrar) -> None:
     """Announce the `diffusers:<PATH>` model family."""
     registrar.add_family(
-        "model", PREFIX, ["<PATH>"], summary="a local diffusers UNet2DModel folder on its ddpm process"
+        "model",
+        PREFIX,
+        ["<PATH>"],
+        summary="a local diffusers UNet2DModel folder on its ddpm or flow process",
     )

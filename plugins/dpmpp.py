@@ -20,6 +20,13 @@ k-diffusion's last sigma = 0), else the last grid step. Over the sequence of all
 steps (the paper's advice; with `denoise_final` the grid step before the denoising stays second
 order, as in diffusers), and `final_step="euler"` makes the final step first order at any step
 count (diffusers' `euler_at_final`; a no-op with `denoise_final`).
+
+A grid ending at sigma = 0 (a final point 0.0 below t_min) makes its last step that denoising
+step (first order: the 2M/3M extrapolation has no finite limit as h -> inf, see
+`diffkit.solvers.exponential`; diffusers' `final_sigmas_type="zero"` lowers it the same way), so
+`--grid karras --final-sigma zero` is DPMSolverMultistepScheduler(use_karras_sigmas=True,
+final_sigmas_type="zero"); `denoise_final` then adds nothing. For `dpmpp-2s` the step to 0 is the
+x0 prediction (one NFE, no midpoint).
 """
 
 from __future__ import annotations

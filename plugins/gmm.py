@@ -115,13 +115,16 @@ class OracleModel(ScoreModel):
             raise ValueError(f"expected data of shape (B, {self.data_shape}), got {tuple(x.shape)}")
         return x.reshape(x.shape[0], -1)
 
-    def _schedule(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """alpha(t), sigma(t) `(B,)` in `x`'s dtype."""
-        return self.process.alpha(t).to(x.dtype), self.process.sigma(t).to(x.dtype)
+    def _schedule(
+        self, x: torch.Tensor, t: torch.Tensor, *, network_time: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha(t), sigma(t) `(B,)` in `x`'s dtype; `network_time`: t is the network's (base) time."""
+        process = self.network_process if network_time else self.process
+        return process.alpha(t).to(x.dtype), process.sigma(t).to(x.dtype)
 
     def _exact_eps(self, x: torch.Tensor, time_input: torch.Tensor, cond: Any) -> torch.Tensor:
         """The network: exact eps `(B, *data_shape)` at `x` and time `time_input` = t `(B,)`."""
-        alpha, sigma = self._schedule(x, time_input)
+        alpha, sigma = self._schedule(x, time_input, network_time=True)
         m = self.mixture
         eps = mixture_eps(self._flat(x), m.means, m.stds, m.log_weights, alpha, sigma)
         return eps.reshape(x.shape)
@@ -201,7 +204,7 @@ class ConditionalOracleModel(OracleModel):
         if cond is None:
             return self._exact_eps(x, time_input, None)
         labels = torch.as_tensor(cond, device=x.device).long().expand(x.shape[0])
-        alpha, sigma = self._schedule(x, time_input)
+        alpha, sigma = self._schedule(x, time_input, network_time=True)
         m = self.mixture
         eps = conditional_eps(self._flat(x), labels, m.means, m.stds, m.log_weights, alpha, sigma)
         return eps.reshape(x.shape)

@@ -22,6 +22,10 @@ interval t_{N-1} -> t_N = t_min: with `euler_last` (default) it is a plain Euler
 model call), so a call costs 2 N - 1 NFE (+1 with `denoise_final`); without it every interval
 is a Heun step (2 N NFE). EDM's own recipe, N Heun steps followed by an Euler step to sigma = 0,
 is `euler_last=false, denoise_final=true`: the Euler step to sigma_s = 0 is exactly x <- D(x).
+A grid ending at sigma = 0 (a final point 0.0 below t_min, as k-diffusion's sigma lists end) is
+that recipe: every interval before the zero point is a Heun step and the last one is the Euler
+step to sigma = 0, x <- D(x) (k-diffusion's sample_heun does the same); `euler_last` and
+`denoise_final` have nothing left to do there, and a grid of N + 1 intervals costs 2 N + 1 NFE.
 
 Noise. With s_churn > 0 one standard normal draw shaped like x is taken from the caller's
 generator at every step (also where gamma = 0), as k-diffusion's `sample_heun` does, so a
@@ -77,7 +81,8 @@ class Heun(FixedStepSampler):
         s_churn: total churn S_churn >= 0; 0 gives the deterministic Alg. 1.
         s_tmin, s_tmax: churn only at steps whose sigma_s = sigma / alpha lies in [s_tmin, s_tmax].
         s_noise: S_noise, the std multiplier of the churn noise.
-        euler_last: make the last grid interval (to t_min) an Euler step, saving one NFE.
+        euler_last: make the last grid interval (to t_min) an Euler step, saving one NFE (on a
+            grid ending at sigma = 0 the step to 0 is the Euler step, the others are Heun).
         denoise_final: after reaching t_min, return the model's x0 prediction (one extra NFE).
     """
 
@@ -134,7 +139,7 @@ class Heun(FixedStepSampler):
         h = ctx.coef(sigma_next - sigma_hat)
         d = ode_derivative(x_s, prediction.x0, ctx.coef(sigma_hat))
         x_next = euler_step(x_s, d, h)
-        if not (self.euler_last and i == ctx.n_steps - 1):
+        if not (self.euler_last and i == ctx.n_steps - 1 and not ctx.to_zero):
             denoised = ctx.predict(from_scaled(x_next, alpha_next), i + 1).x0
             x_next = heun_correction(x_s, d, ode_derivative(x_next, denoised, ctx.coef(sigma_next)), h)
         return from_scaled(x_next, alpha_next)

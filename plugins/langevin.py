@@ -41,6 +41,11 @@ VE prior (sigma 50) in 1000 steps on d64 and 3e-3 over-disperses by 4 %.
 Neither sampler discretises an SDE on the grid, so neither has a convergence order in the grid
 steps (declared order 0): more iterations converge to the (step-size biased) stationary law,
 and more levels refine the annealing, but the error does not fall like a power of the steps.
+
+A grid ending at sigma = 0 (a final point 0.0 below t_min): that point is no level (the score at
+sigma = 0 does not exist); `langevin` iterates at the point before it and `ald` anneals down to
+it, and the last step is the model's x0 prediction there (one NFE: NCSNv2's final denoising,
+which `denoise_final` then does not repeat).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ integrated with `torchdiffeq.odeint` from grid[0] = t_max down to grid[-1] = t_m
 * Adaptive methods (dopri5, ...) use only the grid's end points. A `step_t` at the final time
   makes every step stop exactly on t_min instead of overshooting it and interpolating back.
 * Fixed-step methods (euler, midpoint, rk4, ...) step exactly on the given grid.
+* A grid ending at sigma = 0 (a final point 0.0 below t_min): the ODE is integrated to the
+  point before it, t_last, and the last step is the model's x0 prediction there (one NFE, the
+  Euler step to sigma = 0 in EDM's scaled coordinates; `denoise_final` then adds nothing).
 * The ODE function never evaluates the model outside the integration span [grid[-1], grid[0]]
   (inside [t_min, t_max]): torchdiffeq hands it t in the state's dtype (float32 rounding may
   leave the span by an ulp) and its initial-step heuristic probes t0 + h0 for a small h0 that
@@ -38,7 +41,14 @@ from diffkit import (
     hookimpl,
     validate_options,
 )
-from diffkit.solvers import Callback, check_grid, finish_run, reverse_drift, schedule_dtype
+from diffkit.solvers import (
+    Callback,
+    check_grid,
+    finish_run,
+    reverse_drift,
+    schedule_dtype,
+    split_final_zero,
+)
 
 try:  # torchdiffeq's own method table: the source of truth for which names it accepts
     from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
@@ -211,14 +221,15 @@ class ODESampler:
             model: score model (counts its NFE).
             process: the noise process (f and g^2 come from it).
             x_init: prior samples `(B, *dims)` at t = grid[0].
-            grid: float64 `(N + 1,)` times, strictly descending (adaptive methods use the ends).
+            grid: float64 `(N + 1,)` times, strictly descending (adaptive methods use the ends),
+                possibly ending at sigma = 0 (then the last step is the x0 prediction).
             generator: unused (the sampler is deterministic).
             callback: called after every fixed step, or after every model call when adaptive.
 
         Returns:
             `SampleResult` whose `steps` are the grid steps, or the accepted adaptive steps.
         """
-        grid = check_grid(grid, process)
+        grid, to_zero = split_final_zero(check_grid(grid, process), process)
         info = ODE_METHODS[self.method]
         device = x_init.device
         times = grid.to(device=device, dtype=schedule_dtype(device))
@@ -240,11 +251,13 @@ class ODESampler:
                 options["first_step"] = self.first_step
         else:
             options["grid_constructor"] = lambda func, y0, t: times  # exactly our grid (it negates it)
-        solution = torchdiffeq.odeint(
-            func, x_init, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options
-        )
-        x = solution[-1]
-        if not info.adaptive and callback is not None:
+        x = x_init
+        if times.shape[0] > 1:  # else the grid is [t_max, 0]: only the step to sigma = 0
+            solution = torchdiffeq.odeint(
+                func, x_init, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options
+            )
+            x = solution[-1]
+        if not info.adaptive and callback is not None and func.accepted > 0:
             callback(StepInfo(func.accepted - 1, times[-1], x, func.nfe))
         return finish_run(
             model,
@@ -255,6 +268,7 @@ class ODESampler:
             denoise_final=self.denoise_final,
             callback=callback,
             extras={"method": self.method},
+            to_zero=to_zero,
         )
 
 

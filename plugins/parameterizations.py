@@ -1,4 +1,4 @@
-"""The four standard network targets as registered parameterizations: eps, x0, v and score.
+"""The built-in network targets as registered parameterizations: eps, x0, v, score and velocity.
 
 Each is a conversion object (`diffkit.Parameterization`) turning a network output into eps, x0,
 score, v and the flow-matching velocity, and giving the regression target of an exact network.
@@ -12,6 +12,7 @@ from diffkit import (
     EpsPrediction,
     Registrar,
     ScorePrediction,
+    VelocityPrediction,
     VPrediction,
     X0Prediction,
     hookimpl,
@@ -20,6 +21,6 @@ from diffkit import (
 
 @hookimpl
 def diffkit_register(registrar: Registrar) -> None:
-    """Register eps, x0, v and score."""
-    for cls in (EpsPrediction, X0Prediction, VPrediction, ScorePrediction):
+    """Register eps, x0, v, score and the flow-matching velocity."""
+    for cls in (EpsPrediction, X0Prediction, VPrediction, ScorePrediction, VelocityPrediction):
         registrar.add_parameterization(cls.name, cls)

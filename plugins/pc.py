@@ -45,6 +45,10 @@ ring8 and 1.008 vs 1.042 on VP d64; on VE the two grids coincide (1.010, d64 1.0
 NFE per step is (1 if a predictor else 0) + (corrector_steps if a corrector else 0). The
 declared order is the predictor's weak order, 1 (0 without a predictor: Langevin correctors
 alone do not converge in the grid steps).
+
+A grid ending at sigma = 0 (a final point 0.0 below t_min): the last step is the model's x0
+prediction at the point before it (one NFE, no noise, and no corrector: the score at sigma = 0
+does not exist); `denoise_final` then adds nothing.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Shipped pretrained models `digits` (8x8 digits, VP, U-Net), `digits-cond` (the same,
-class-conditional: `--cond 0..9`), `moons` (2-D toy, VP, MLP) and `photos` (8x8 RGB patches of
-scikit-learn's sample photos, VP, U-Net; for `diffkit colorize`).
+class-conditional: `--cond 0..9`), `moons` (2-D toy, VP, MLP), `moons-flow` (the same toy, `flow`
+process, velocity MLP trained by flow matching) and `photos` (8x8 RGB patches of scikit-learn's
+sample photos, VP, U-Net; for `diffkit colorize`).
 
 All were trained by `diffkit train` (the commands are in the README) and live inside the package
 (`diffkit/pretrained/<name>/`), read through `importlib.resources`. A model only means something
@@ -65,6 +66,11 @@ def moons(process: NoiseProcess, *, registry: Registry) -> ScoreModel:
     return load_pretrained("moons", process, registry)
 
 
+def moons_flow(process: NoiseProcess, *, registry: Registry) -> ScoreModel:
+    """2-D two-moons MLP (velocity) trained on the `flow` process by `diffkit train --loss flow-matching`."""
+    return load_pretrained("moons-flow", process, registry)
+
+
 @hookimpl
 def diffkit_resolve_model(
     registry: Registry,
@@ -92,4 +98,7 @@ def diffkit_register(registrar: Registrar) -> None:
         "digits-cond", digits_cond, summary="shipped class-conditional 8x8 digits U-Net (--cond 0..9, VP)"
     )
     registrar.add_model("moons", moons, summary="shipped two-moons MLP (VP, v-prediction)")
+    registrar.add_model(
+        "moons-flow", moons_flow, summary="shipped two-moons MLP (flow, velocity; flow matching)"
+    )
     registrar.add_model("photos", photos, summary="shipped 8x8 RGB photo-patch U-Net (VP, v-prediction)")

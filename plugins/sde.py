@@ -23,6 +23,9 @@ with the data flattened to `(B, D)` (torchsde wants 2-D states) and reshaped bac
 * reversible_heun is not offered: it carries a state z != y between steps, so the per-interval
   shape check would cost one wasted model call per step; log_ode reduces to midpoint for
   additive noise. Times passed to the model are clamped to [t_min, t_max].
+* A grid ending at sigma = 0 (a final point 0.0 below t_min): the SDE is integrated to the point
+  before it, t_last, and the last step is the model's x0 prediction there (one NFE, no noise:
+  the reverse-SDE posterior at sigma = 0 is a point mass; `denoise_final` then adds nothing).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from diffkit.solvers import (
     local_generator,
     reverse_drift,
     schedule_dtype,
+    split_final_zero,
 )
 
 
@@ -189,22 +193,23 @@ class SDESampler:
             model: score model (counts its NFE).
             process: the noise process (f and g come from it).
             x_init: prior samples `(B, *dims)` at t = grid[0].
-            grid: float64 `(N + 1,)` times, strictly descending.
+            grid: float64 `(N + 1,)` times, strictly descending, possibly ending at sigma = 0.
             generator: source of the Brownian motion's entropy (a fresh random one if None).
             callback: called with a `StepInfo` after every step.
 
         Returns:
             `SampleResult` with x `(B, *dims)` in `x_init`'s dtype; nfe = N * nfe_per_step.
         """
-        grid = check_grid(grid, process)
+        grid, to_zero = split_final_zero(check_grid(grid, process), process)
         info = SDE_METHODS[self.method]
         generator = local_generator(generator, x_init.device)
         s = -grid.to(device="cpu", dtype=torch.float64)  # increasing; CPU times keep torchsde sync-free
         batch, dim = x_init.shape[0], math.prod(x_init.shape[1:])
         sde = _ReverseSDE(model, process, x_init.shape, info.sde_type)
-        bm = _brownian(s, (batch, dim), x_init, generator, info.levy_area)
         nfe_start = model.nfe
         n_steps = s.shape[0] - 1
+        if n_steps > 0:  # else the grid is [t_max, 0]: only the step to sigma = 0
+            bm = _brownian(s, (batch, dim), x_init, generator, info.levy_area)
         y = x_init.reshape(batch, dim)
         for i in range(n_steps):
             span = s[i : i + 2]
@@ -224,6 +229,7 @@ class SDESampler:
             denoise_final=self.denoise_final,
             callback=callback,
             extras={"method": self.method},
+            to_zero=to_zero,
         )
 
 

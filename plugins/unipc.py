@@ -16,6 +16,14 @@ Both are the shared first-order exponential step with a combined data prediction
 at the end like DPM-Solver++ (`lower_order_final` below 15 steps, `final_step`; the denoising
 step of `denoise_final`, when on, is the final one, first order, from the uncorrected state,
 exactly diffusers' UniPCMultistepScheduler final step to sigma = 0).
+
+A grid ending at sigma = 0 (a final point 0.0 below t_min) makes its last step that denoising
+step: the x0 prediction at the point before it, uncorrected (UniC there would redo the step with
+a prediction at sigma = 0, which does not exist, and the first-order step to sigma = 0 multiplies
+the state by sigma_next / sigma = 0, so a correction of it would not change the output). This is
+diffusers' UniPCMultistepScheduler with `final_sigmas_type="zero"` (its last corrector is applied
+to the state that its final step discards), e.g. `--grid karras --final-sigma zero` for
+`use_karras_sigmas=True`; `denoise_final` then adds nothing.
 """
 
 from __future__ import annotations

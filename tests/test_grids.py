@@ -1,4 +1,4 @@
-"""Built-in time grids (plugins/grids.py) and `diffkit.core.grid.check_grid`.
+"""Built-in time grids (plugins/grids.py): shape, ends and order; closed forms; `check_grid`.
 
 Closed forms: uniform t_i = t_max + (i/n)(t_min - t_max); quadratic
 t_i = t_min + (t_max - t_min)(1 - i/n)^2; log-snr uniform in lambda (Lu et al. 2022); karras
@@ -15,7 +15,8 @@ import torch
 from diffkit.core.grid import check_grid
 
 F64 = torch.float64
-GRIDS = ("uniform", "log-snr", "karras", "quadratic")
+#: the grids that run exactly from t_max to t_min (those ending at sigma = 0: test_grid_definitions.py)
+GRIDS = ("uniform", "log-snr", "karras", "quadratic", "exponential", "polyexponential", "beta")
 STEPS = (1, 2, 7, 50, 999)
 
 
@@ -105,7 +106,7 @@ def test_karras_rejects_non_positive_rho(registry):
         ([1.0, 0.5, 0.5, 0.1], "a time grid must be strictly descending"),
         ([0.1, 0.5, 1.0], "a time grid must be strictly descending"),
         ([1.5, 0.5, 0.1], "time grid [1.5, 0.1] leaves the process range [0.0001, 1.0]"),
-        ([1.0, 0.5, 0.0], "time grid [1.0, 0.0] leaves the process range [0.0001, 1.0]"),
+        ([1.0, 0.5, 1e-5, 0.0], "time grid [1.0, 1e-05] leaves the process range [0.0001, 1.0]"),
     ],
 )
 def test_check_grid_rejects_bad_grids(registry, values, message):

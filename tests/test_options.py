@@ -14,7 +14,8 @@ from diffkit.plugin.options import option_specs, parse_options, split_key_values
 
 VP_OPTIONS = (
     "beta_min (float, default 0.1), beta_max (float, default 20.0), "
-    "t_min (float, default 0.0001), t_max (float, default 1.0)"
+    "t_min (float, default 0.0001), t_max (float, default 1.0), "
+    "shift (float, default None), mu (float, default None)"  # every process: the timestep shift
 )
 
 

@@ -1,8 +1,9 @@
 """An open parameterization: a plugin registers a new network target and every path accepts it.
 
 The plugin (a module written to tmp_path, loaded through DIFFKIT_PLUGINS as a user's local plugin
-is) registers "velocity", the flow-matching target u = dx_t/dt = d_alpha x0 + d_sigma eps
-(Lipman et al. 2023). With x = alpha x0 + sigma eps, eliminating x0 gives
+is) registers "flow-u", its own copy of the flow-matching target u = dx_t/dt = d_alpha x0 + d_sigma eps
+(Lipman et al. 2023; the built-in `velocity` is tested in test_velocity.py). With
+x = alpha x0 + sigma eps, eliminating x0 gives
 eps = (alpha u - d_alpha x) / (alpha d_sigma - d_alpha sigma). A network returning the exact
 velocity of an oracle must then sample exactly like the oracle's own eps network.
 """
@@ -36,7 +37,7 @@ VELOCITY_PLUGIN = """
     class Velocity(diffkit.Parameterization):
         '''Flow-matching velocity u = d_alpha x0 + d_sigma eps.'''
 
-        name = "velocity"
+        name = "flow-u"
 
         def eps(self, p):
             return (p.alpha * p.output - p.d_alpha * p.x) / (p.alpha * p.d_sigma - p.d_alpha * p.sigma)
@@ -48,11 +49,11 @@ VELOCITY_PLUGIN = """
             return d_alpha * x0 + d_sigma * eps
 
     class Misnamed(Velocity):
-        '''Registered as "liar" but calls itself "velocity".'''
+        '''Registered as "liar" but calls itself "flow-u".'''
 
     @diffkit.hookimpl
     def diffkit_register(registrar):
-        registrar.add_parameterization("velocity", Velocity)
+        registrar.add_parameterization("flow-u", Velocity)
         registrar.add_parameterization("liar", Misnamed)
 """
 SAMPLERS = ("ddim", "dpmpp-2m", "heun", "em")
@@ -88,8 +89,8 @@ def _as_velocity(oracle: diffkit.ScoreModel, velocity: param.Parameterization) -
 def test_a_plugin_parameterization_samples_like_the_eps_model(plugged: diffkit.Registry, solver: str) -> None:
     process = plugged.build("process", "vp", {})
     oracle = plugged.build("model", "gmm:ring8", {}, process)
-    model = _as_velocity(oracle, registered_parameterization(plugged, "velocity"))
-    assert model.kind == "velocity" and type(model.parameterization).__name__ == "Velocity"
+    model = _as_velocity(oracle, registered_parameterization(plugged, "flow-u"))
+    assert model.kind == "flow-u" and type(model.parameterization).__name__ == "Velocity"
     x_init = process.prior_sample((64, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grid = plugged.build("grid", "uniform", {})(process, 12)
     sampler = plugged.build("sampler", solver, {})
@@ -104,7 +105,7 @@ def test_a_plugin_parameterization_samples_like_the_eps_model(plugged: diffkit.R
 def test_the_velocity_model_predicts_every_target_of_the_oracle(plugged: diffkit.Registry) -> None:
     process = plugged.build("process", "vp", {})
     oracle = plugged.build("model", "gmm:ring8", {}, process)
-    model = _as_velocity(oracle, registered_parameterization(plugged, "velocity"))
+    model = _as_velocity(oracle, registered_parameterization(plugged, "flow-u"))
     x = torch.randn(32, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     t = torch.linspace(1e-3, 1.0, 32, dtype=torch.float64)
     ours, exact = model.predict(x, t), oracle.predict(x, t)
@@ -160,7 +161,7 @@ def test_registered_checks_names_and_what_the_plugin_builds(plugged: diffkit.Reg
         diffkit.VPrediction,
         diffkit.ScorePrediction,
     ]
-    expected = "unknown parameterization --kind 'flow'; expected eps, x0, v, score, liar, velocity"
+    expected = "unknown parameterization --kind 'flow'; expected eps, x0, v, score, flow-u, liar, velocity"
     with pytest.raises(UsageError, match=re.escape(expected)):
         registered_parameterization(plugged, "flow", flag="--kind ")
     with pytest.raises(PluginError, match=r"parameterization 'liar' \(plugin 'velocity_plugin'\) built"):
@@ -172,7 +173,7 @@ def test_train_accepts_a_plugin_kind_and_its_checkpoint_loads_only_with_the_plug
 ) -> None:
     config = TrainConfig(
         data="moons",
-        kind="velocity",
+        kind="flow-u",
         iters=3,
         batch_size=16,
         checkpoint_every=3,
@@ -182,12 +183,12 @@ def test_train_accepts_a_plugin_kind_and_its_checkpoint_loads_only_with_the_plug
     )
     result = train(config, tmp_path / "run", registry=plugged)
     assert all(torch.isfinite(torch.tensor(result.losses)))
-    assert load_checkpoint(tmp_path / "run", plugged).kind == "velocity"
+    assert load_checkpoint(tmp_path / "run", plugged).kind == "flow-u"
     process = plugged.build("process", "vp", {})
     model = model_from_checkpoint(
         str(tmp_path / "run"), plugged, "vp", process, process_options={}, model_options={}
     )
-    assert model.kind == "velocity" and model.predict(torch.zeros(3, 2), 0.5).eps.shape == (3, 2)
+    assert model.kind == "flow-u" and model.predict(torch.zeros(3, 2), 0.5).eps.shape == (3, 2)
     out = tmp_path / "samples.npz"
     args = ["sample", "--model", str(tmp_path / "run"), "--solver", "ddim", "--steps", "4"]
     sampled = CliRunner().invoke(app, [*args, "--num-samples", "8", "--no-plot", "--out", str(out)])
@@ -196,7 +197,8 @@ def test_train_accepts_a_plugin_kind_and_its_checkpoint_loads_only_with_the_plug
     monkeypatch.delenv("DIFFKIT_PLUGINS")
     plain = diffkit.build_registry()
     with pytest.raises(
-        UsageError, match=re.escape("config.json': kind must be one of eps, x0, v, score, got 'velocity'")
+        UsageError,
+        match=re.escape("config.json': kind must be one of eps, x0, v, score, velocity, got 'flow-u'"),
     ):
         model_from_checkpoint(
             str(tmp_path / "run"), plain, "vp", process, process_options={}, model_options={}
@@ -209,6 +211,7 @@ def test_cli_train_lists_plugin_kinds_for_a_bad_kind(plugged: diffkit.Registry, 
     )
     assert result.exit_code == 2
     assert (
-        "unknown parameterization --kind 'flow'; expected eps, x0, v, score, liar, velocity" in result.output
+        "unknown parameterization --kind 'flow'; expected eps, x0, v, score, flow-u, liar, velocity"
+        in result.output
     )
     assert not (tmp_path / "r").exists()

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from diffkit.core.grid import split_final_zero
 from diffkit.core.model import ExactData, ScoreModel
 from diffkit.core.process import NoiseProcess
 from diffkit.eval.metrics import (
@@ -164,8 +165,8 @@ def reference_solution(
         registry: component source.
         config: the sweep's composition (process, model and their options are used).
         noise: `(N, *shape)` initial noise.
-        denoise: also apply the final denoising step (x0 prediction at t_min), as samplers with
-            `denoise_final` do.
+        denoise: also apply the final denoising step (x0 prediction at the grid's end), as samplers
+            with `denoise_final` do; a grid that ends at sigma = 0 does it by itself.
 
     Returns:
         `(N, *shape)` float64 on the config's device.
@@ -181,9 +182,14 @@ def reference_solution(
         process_options=config.process_options,
         solver_options=tight,
         model_options=config.model_options,
+        # ode integrates between the grid's ends (built at ode's own step count), and to sigma = 0
+        # through its last time when the grid ends there
+        grid=config.grid,
+        grid_options=config.grid_options,
     )
     run = sample(ref_config, registry=registry, x_init=noise)
-    if not denoise:
-        return run.samples
     comp = run.composition
-    return comp.model.predict(run.samples, comp.grid[-1].to(run.samples.device)).x0
+    times, to_zero = split_final_zero(comp.grid, comp.process)
+    if not denoise or to_zero:  # a grid ending at sigma = 0 already ends with the x0 prediction
+        return run.samples
+    return comp.model.predict(run.samples, times[-1].to(run.samples.device)).x0

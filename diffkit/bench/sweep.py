@@ -25,7 +25,9 @@ from diffkit.bench.report import FLOORED
 from diffkit.bench.runner import DiffkitRunner, Runner, RunOutput
 from diffkit.bench.spec import BenchConfig, RunSpec
 from diffkit.core.errors import DiffkitError, UsageError
+from diffkit.core.grid import ends_at_zero
 from diffkit.core.model import ExactData
+from diffkit.core.process import NoiseProcess
 from diffkit.plugin.registry import Registry
 from diffkit.run.api import build_model, compose
 from diffkit.run.provenance import machine, versions
@@ -69,6 +71,7 @@ class _Sweep:
             raise UsageError(
                 f"model {config.model!r} has no exact data; diffkit bench needs an oracle (gmm:*)"
             )
+        self.to_zero = _grid_ends_at_zero(registry, config, self.process)
         self.noise: dict[int, torch.Tensor] = {}
         self.sets: dict[tuple[int, bool], ExactSets] = {}
         self.references: dict[tuple[int, bool], torch.Tensor] = {}
@@ -119,6 +122,17 @@ class _Sweep:
             self.warm.add((spec.implementation, spec.solver))
             runner.run(spec, noise[:WARMUP_SAMPLES])
         return runner.run(spec, noise)
+
+
+def _grid_ends_at_zero(registry: Registry, config: BenchConfig, process: NoiseProcess) -> bool:
+    """True if the sweep's `--grid` ends at sigma = 0 (its samples are then x0 predictions)."""
+    if config.grid is None:
+        return False
+    try:
+        grid = registry.build("grid", config.grid, config.grid_options)(process, 2)
+    except (DiffkitError, ValueError):
+        return False  # a grid that cannot be built is refused with its own message by composition
+    return ends_at_zero(grid, process)
 
 
 def _check_compositions(registry: Registry, runner: DiffkitRunner, specs: list[RunSpec]) -> None:
@@ -180,7 +194,8 @@ def run_one(state: _Sweep, spec: RunSpec, plan: SolverPlan) -> dict[str, Any]:
     row names it, the report counts it, and a re-run retries it.
     """
     row = _row(spec, plan, state.config)
-    sets = state.exact(spec.seed, plan.denoise_final)
+    denoised = plan.denoise_final or state.to_zero  # the samples are x0 predictions: compare with data
+    sets = state.exact(spec.seed, denoised)
     row |= {
         f"{name}_floor{suffix}": sets.floors[name + suffix] for name in FLOORED for suffix in ("", "_std")
     }
@@ -188,7 +203,7 @@ def run_one(state: _Sweep, spec: RunSpec, plan: SolverPlan) -> dict[str, Any]:
         out = state.run(spec)
     except Exception as error:  # noqa: BLE001 - recorded in the row, never swallowed silently
         return failed_row(row, error)
-    reference = None if plan.stochastic else state.reference(spec, plan.denoise_final)
+    reference = None if plan.stochastic else state.reference(spec, denoised)
     metrics = score(out.samples, state.model, sets, reference_path=reference)
     return row | _timings(out) | metrics | {"status": "ok", "error": None, "finished_at": _now()}
 

@@ -14,6 +14,7 @@ from diffkit.core import parameterization as param
 from diffkit.core.precision import schedule_dtype
 from diffkit.core.process import NoiseProcess
 from diffkit.core.shapes import append_dims, batch_times
+from diffkit.core.time_warp import base_process, unwarp
 from diffkit.oracles.conditional import NULL_LABEL
 
 Network = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -196,6 +197,11 @@ class ScoreModel:
         self.nfe = 0
 
     @property
+    def network_process(self) -> NoiseProcess:
+        """The process whose time the network receives: `process`, or its base if `process` is shifted."""
+        return base_process(self.process)
+
+    @property
     def conditional(self) -> bool:
         """True if the model takes class labels (`num_classes > 0`)."""
         return self.num_classes > 0
@@ -226,17 +232,22 @@ class ScoreModel:
         return output.to(x.dtype)
 
     def prediction(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any) -> Prediction:
-        """One evaluation with exactly `cond` (no bound default, no NFE counted): how wrappers call a base."""
-        t = batch_times(t, x)
-        alpha = append_dims(self.process.alpha(t).to(x.dtype), x.ndim)
-        sigma = append_dims(self.process.sigma(t).to(x.dtype), x.ndim)
+        """One evaluation with exactly `cond` (no bound default, no NFE counted): how wrappers call a base.
+
+        On a shifted process (`diffkit.core.time_warp`) the network receives its own time, the
+        base process's w(t), and the `Prediction` carries that time and the base process, so a
+        velocity means d x / d (base time); alpha and sigma are the same either way.
+        """
+        process, t = unwarp(self.process, batch_times(t, x))
+        alpha = append_dims(process.alpha(t).to(x.dtype), x.ndim)
+        sigma = append_dims(process.sigma(t).to(x.dtype), x.ndim)
         output = self.network_output(x, t, cond)
         v = None
         if self.learned_variance:
             output, v = split_learned_variance(output)
         if self.score_scaling == "1/sigma":
             output = output / sigma
-        return Prediction(self.kind, output, x, alpha, sigma, v, t, self.process, self.parameterization)
+        return Prediction(self.kind, output, x, alpha, sigma, v, t, process, self.parameterization)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> Prediction:
         """Evaluate the network once at `x` `(B, *dims)`, time `t` (scalar or `(B,)`); counts one NFE."""

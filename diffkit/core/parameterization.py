@@ -4,11 +4,12 @@ With `x = alpha x0 + sigma eps` (all tensors broadcastable to `(B, *dims)`):
 
     x0    = (x - sigma eps) / alpha          eps = (x - alpha x0) / sigma
     score = -eps / sigma                     v   = alpha eps - sigma x0   (Salimans & Ho 2022)
+    u = dx_t/dt = alpha' x0 + sigma' eps     (flow matching, Lipman et al. 2023)
 
-`alpha` and `sigma` arrive already broadcast (see `diffkit.core.shapes.append_dims`). A model
-resolves its kind once to a `Parameterization` object (registered by plugins through
-`registrar.add_parameterization`; eps, x0, v and score are the built-in four), whose methods
-call these functions.
+`alpha` and `sigma` arrive already broadcast (see `diffkit.core.shapes.append_dims`); the
+velocity u also needs the time derivatives `d_alpha`, `d_sigma`. A model resolves its kind once
+to a `Parameterization` object (registered by plugins through `registrar.add_parameterization`;
+eps, x0, v, score and velocity are built in), whose methods call these functions.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 Kind = Literal["eps", "x0", "v", "score"]
+#: The kinds that convert with alpha and sigma alone (`to_eps`, `to_x0`); velocity needs the rates too.
 KINDS: tuple[str, ...] = ("eps", "x0", "v", "score")
 
 
@@ -90,6 +92,40 @@ def velocity_from_eps_x0(
 ) -> torch.Tensor:
     """Conditional flow-matching velocity u = dx_t/dt = d_alpha x0 + d_sigma eps (Lipman et al. 2023)."""
     return d_alpha * x0 + d_sigma * eps
+
+
+def velocity_determinant(
+    alpha: torch.Tensor, sigma: torch.Tensor, d_alpha: torch.Tensor, d_sigma: torch.Tensor
+) -> torch.Tensor:
+    """D = alpha sigma' - sigma alpha' = -(alpha sigma / 2) d log-SNR/dt, > 0 where log-SNR decreases.
+
+    The determinant of the 2x2 system `x = alpha x0 + sigma eps`, `u = alpha' x0 + sigma' eps`.
+    """
+    return alpha * d_sigma - sigma * d_alpha
+
+
+def eps_from_velocity(
+    x: torch.Tensor,
+    u: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    d_alpha: torch.Tensor,
+    d_sigma: torch.Tensor,
+) -> torch.Tensor:
+    """eps = (alpha u - alpha' x) / (alpha sigma' - sigma alpha')."""
+    return (alpha * u - d_alpha * x) / velocity_determinant(alpha, sigma, d_alpha, d_sigma)
+
+
+def x0_from_velocity(
+    x: torch.Tensor,
+    u: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    d_alpha: torch.Tensor,
+    d_sigma: torch.Tensor,
+) -> torch.Tensor:
+    """x0 = (sigma' x - sigma u) / (alpha sigma' - sigma alpha')."""
+    return (d_sigma * x - sigma * u) / velocity_determinant(alpha, sigma, d_alpha, d_sigma)
 
 
 class Evaluation(Protocol):
@@ -237,9 +273,39 @@ class ScorePrediction(Parameterization):
         return score_from_eps(eps, sigma)
 
 
-#: The four standard conversion objects by name (what `ScoreModel(kind="eps")` resolves to).
+class VelocityPrediction(Parameterization):
+    """The network predicts the flow-matching velocity u = alpha' x0 + sigma' eps = dx_t/dt.
+
+    Conditional flow matching (Lipman et al. 2023; rectified flow, Liu et al. 2023): on `flow`
+    (alpha = 1 - t, sigma = t) u = eps - x0, what SD3 and Flux predict. eps and x0 solve the 2x2
+    system `x = alpha x0 + sigma eps`, `u = alpha' x0 + sigma' eps` at the prediction's times, so
+    the conversions need the process's rates (`Prediction.d_alpha`, `d_sigma`).
+    """
+
+    name = "velocity"
+
+    def eps(self, p: Evaluation) -> torch.Tensor:
+        """eps = (alpha u - alpha' x) / (alpha sigma' - sigma alpha')."""
+        return eps_from_velocity(p.x, p.output, p.alpha, p.sigma, p.d_alpha, p.d_sigma)
+
+    def x0(self, p: Evaluation) -> torch.Tensor:
+        """x0 = (sigma' x - sigma u) / (alpha sigma' - sigma alpha')."""
+        return x0_from_velocity(p.x, p.output, p.alpha, p.sigma, p.d_alpha, p.d_sigma)
+
+    def velocity(self, p: Evaluation) -> torch.Tensor:
+        """The velocity is the output."""
+        return p.output
+
+    def target(
+        self, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor, d_alpha: Tensor, d_sigma: Tensor
+    ) -> Tensor:
+        """u = alpha' x0 + sigma' eps."""
+        return velocity_from_eps_x0(eps, x0, d_alpha, d_sigma)
+
+
+#: The built-in conversion objects by name (what `ScoreModel(kind="eps")` resolves to).
 STANDARD: dict[str, Parameterization] = {
-    cls.name: cls() for cls in (EpsPrediction, X0Prediction, VPrediction, ScorePrediction)
+    cls.name: cls() for cls in (EpsPrediction, X0Prediction, VPrediction, ScorePrediction, VelocityPrediction)
 }
 
 
@@ -249,5 +315,5 @@ def standard(kind: str | Parameterization) -> Parameterization:
         return kind
     found = STANDARD.get(kind)
     if found is None:
-        raise ValueError(f"unknown parameterization {kind!r}; expected one of {', '.join(KINDS)}")
+        raise ValueError(f"unknown parameterization {kind!r}; expected one of {', '.join(STANDARD)}")
     return found

@@ -137,13 +137,19 @@ def _convert(annotation: Any, raw: Any) -> Any:
 
 
 def parse_options(
-    kind: str, name: str, factory: Callable[..., Any], raw: Mapping[str, Any]
+    kind: str,
+    name: str,
+    factory: Callable[..., Any],
+    raw: Mapping[str, Any],
+    extra: Mapping[str, OptionSpec] | None = None,
 ) -> dict[str, Any]:
     """Validate and convert `raw` options for component `name` of `kind`.
 
-    Keys may use dashes or underscores. Returns keyword arguments for `factory`.
+    Keys may use dashes or underscores. `extra` are options the caller handles itself (e.g. the
+    `shift` every process takes), listed after the factory's own. Returns keyword arguments for
+    `factory`, plus the given `extra` ones.
     """
-    specs = option_specs(factory)
+    specs = {**option_specs(factory), **(extra or {})}
     valid = ", ".join(spec.describe() for spec in specs.values()) or "none"
     parsed: dict[str, Any] = {}
     for key, value in raw.items():

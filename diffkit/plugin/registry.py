@@ -26,8 +26,9 @@ from diffkit.core.errors import (
     PluginError,
     UnknownComponentError,
 )
+from diffkit.core.time_warp import TIME_WARP_OPTIONS, resolve_shift, shifted
 from diffkit.plugin.hookcalls import bind_registry, relay
-from diffkit.plugin.options import parse_options, validate_options
+from diffkit.plugin.options import OptionSpec, option_specs, parse_options, validate_options
 
 KINDS: tuple[str, ...] = (
     "process",
@@ -144,6 +145,14 @@ class Registrar:
 
 
 Item = Component | Family
+
+
+def _extra_options(kind: str, component: Component) -> dict[str, OptionSpec]:
+    """Options the registry handles for `component`: `shift` and `mu` for a process without its own."""
+    if kind != "process":
+        return {}
+    own = option_specs(component.factory)
+    return {key: OptionSpec(key, float, None) for key in TIME_WARP_OPTIONS if key not in own}
 
 
 def _key(item: Item) -> tuple[str, str]:
@@ -267,17 +276,28 @@ class Registry:
         )
         return model
 
+    def parse_options(self, kind: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options of component `name` parsed and typed as `build` does (OptionError if bad)."""
+        component = self.get(kind, name)
+        return parse_options(kind, name, component.factory, options, extra=_extra_options(kind, component))
+
     def build(self, kind: str, name: str, options: Mapping[str, Any], *args: Any) -> Any:
         """Resolve, parse options and construct a component; bad values raise OptionError.
 
-        Any other exception of a third-party factory is a `PluginError` naming its plugin.
+        Every process also takes `shift` (or `mu`, shift = exp(mu)) unless it declares an option
+        of that name itself: the built process is then re-timed by the SD3/Flux time warp
+        (`diffkit.core.time_warp`). Any other exception of a third-party factory is a
+        `PluginError` naming its plugin.
         """
         component = self.get(kind, name)
-        kwargs = parse_options(kind, name, component.factory, options)
+        extra = _extra_options(kind, component)
+        kwargs = parse_options(kind, name, component.factory, options, extra=extra)
+        warp = {key: kwargs.pop(key) for key in extra if key in kwargs}
         try:
+            shift = resolve_shift(warp.get("shift"), warp.get("mu")) if warp else None
             built = component.factory(*args, **kwargs)
             validate_options(built)  # declared option types and ranges (dataclass field metadata)
-            return built
+            return built if shift is None else shifted(built, shift)
         except (ValueError, TypeError) as error:
             raise OptionError(f"{kind} {name!r}: {error}") from None
         except DiffkitError:

@@ -16,7 +16,7 @@ from pathlib import Path
 from diffkit.core.errors import UsageError
 
 #: The shipped models, each a subfolder of this package.
-NAMES: tuple[str, ...] = ("digits", "digits-cond", "moons", "photos")
+NAMES: tuple[str, ...] = ("digits", "digits-cond", "moons", "moons-flow", "photos")
 
 
 def export(run: str | Path, dest: str | Path) -> Path:

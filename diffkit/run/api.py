@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from diffkit.core.errors import DiffkitError, SamplingError, UnknownComponentError, UsageError
-from diffkit.core.grid import check_grid
+from diffkit.core.grid import append_final_zero, check_grid, ends_at_zero, split_final_zero
 from diffkit.core.model import ScoreModel
 from diffkit.core.process import NoiseProcess
 from diffkit.core.sampler import Sampler, SampleResult, StepInfo, check_composition
@@ -32,9 +32,20 @@ from diffkit.run.provenance import jsonable
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 
+#: `SampleConfig.final_sigma`: the grid ends at the process's t_min, or one more step goes to sigma = 0
+FINAL_SIGMAS: tuple[str, ...] = ("min", "zero")
+
+
 @dataclass(frozen=True)
 class SampleConfig:
-    """Everything `diffkit sample` resolves: component names, their options and the run size."""
+    """Everything `diffkit sample` resolves: component names, their options and the run size.
+
+    `final_sigma="zero"`: of the `steps` steps, the last goes from the grid's end to sigma = 0
+    (the x0 prediction there; `diffkit.core.grid`), i.e. the grid is built with `steps - 1` steps
+    and the point 0.0 appended, as diffusers' `final_sigmas_type="zero"` and k-diffusion's sigma
+    lists do. `threshold`: a model wrapper bounding x0 (`clip`, `dynamic-threshold`), applied
+    after guidance and before an inverse-problem wrapper.
+    """
 
     process: str = "vp"
     solver: str = "ode"
@@ -55,6 +66,9 @@ class SampleConfig:
     guidance_scale: float | None = None
     inverse: str | None = None
     inverse_options: Mapping[str, Any] = field(default_factory=dict)
+    final_sigma: str = "min"
+    threshold: str | None = None
+    threshold_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +104,12 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     validate.positive_int("--batch-size", config.batch_size)
     validate.seed("--seed", config.seed)
     validate.finite("--guidance-scale", config.guidance_scale)
+    if config.final_sigma not in FINAL_SIGMAS:
+        raise UsageError(
+            f"unknown --final-sigma {config.final_sigma!r}; expected one of {', '.join(FINAL_SIGMAS)}"
+        )
+    if config.threshold_options and config.threshold is None:
+        raise UsageError("--threshold-opt needs --threshold NAME (clip or dynamic-threshold)")
     if config.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {config.dtype!r}; expected one of {', '.join(DTYPES)}")
     device = validate.device(config.device)
@@ -113,10 +133,26 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     steps = config.steps or capabilities.default_steps
     grid_factory = registry.build("grid", grid_name, config.grid_options)
     try:
-        grid = check_grid(grid_factory(process, steps), process)
+        grid = check_grid(_grid(grid_factory, process, steps, config.final_sigma, grid_name), process)
     except ValueError as error:
         raise UsageError(f"grid {grid_name!r} on process {config.process!r}: {error}") from None
     return Composition(process, model, sampler, grid, grid_name, steps, device, DTYPES[config.dtype])
+
+
+def _grid(
+    factory: Callable[[NoiseProcess, int], torch.Tensor],
+    process: NoiseProcess,
+    steps: int,
+    final_sigma: str,
+    name: str,
+) -> torch.Tensor:
+    """The grid of `steps` steps; with final_sigma "zero" its last step goes to sigma = 0."""
+    if final_sigma == "min":
+        return factory(process, steps)
+    head = factory(process, max(steps - 1, 1))
+    if ends_at_zero(head, process):
+        raise UsageError(f"grid {name!r} already ends at sigma = 0: drop --final-sigma zero")
+    return append_final_zero(head if steps > 1 else head[:1])
 
 
 def _check_size(config: SampleConfig, model: ScoreModel, dtype: torch.dtype) -> None:
@@ -150,7 +186,7 @@ def build_model(
 
 
 def _wrap_model(config: SampleConfig, registry: Registry, model: ScoreModel) -> ScoreModel:
-    """Apply guidance (`cond`, `guidance`, `guidance_scale`) and an inverse-problem wrapper."""
+    """Apply guidance (`cond`, `guidance`, `guidance_scale`), x0 thresholding, an inverse-problem wrapper."""
     guided = config.guidance is not None or config.guidance_scale is not None
     if config.cond is None and guided:
         raise UsageError("--guidance and --guidance-scale need a class label: pass --cond LABEL")
@@ -169,6 +205,8 @@ def _wrap_model(config: SampleConfig, registry: Registry, model: ScoreModel) -> 
             scale = 1.0 if config.guidance_scale is None else config.guidance_scale
             model = registry.build("model_wrapper", name, {"scale": scale}, model)
         model.bind(config.cond)
+    if config.threshold is not None:
+        model = registry.build("model_wrapper", config.threshold, config.threshold_options, model)
     if config.inverse is not None:
         model = registry.build("model_wrapper", config.inverse, config.inverse_options, model)
     return model
@@ -353,12 +391,14 @@ def _sample_batch(
 ) -> SampleResult:
     """Run the sampler on batch `index` under a NaN watch; a plugin's crash or broken result is one line."""
     watch = _FiniteWatch(forward)
+    times, to_zero = split_final_zero(grid, comp.process)
+    to_zero_here = to_zero and not _builtin_sampler(registry, config.solver)
     try:
         result = comp.sampler(
             comp.model,
             comp.process,
             x,
-            grid,
+            times if to_zero_here else grid,
             generator=_batch_generator(comp.device, config.seed, index),
             callback=watch,
         )
@@ -371,7 +411,22 @@ def _sample_batch(
         raise failure from error
     check_result(result, x, config.solver, registry, watch.flags)  # plugin contract (exit 1)
     watch.raise_if_nonfinite(result.x, config.solver)
+    if to_zero_here:  # the step to sigma = 0 for a third-party sampler: the x0 prediction at its end
+        x0 = comp.model.predict(result.x, times[-1].to(result.x.device)).x0
+        result = replace(result, x=x0, nfe=result.nfe + 1, steps=result.steps + 1)
     return result
+
+
+def _builtin_sampler(registry: Registry, name: str) -> bool:
+    """True if sampler `name` is diffkit's own (they all take a grid ending at sigma = 0 themselves).
+
+    A third-party sampler is given the grid without its final 0.0 point, so it never evaluates the
+    model at t = 0, and the step to sigma = 0 (the x0 prediction) is taken for it.
+    """
+    try:
+        return registry.get("sampler", name).plugin in registry.builtins
+    except DiffkitError:
+        return name.split(":")[0] in ("ode", "sde")  # families of the built-in ode and sde plugins
 
 
 def _provenance(

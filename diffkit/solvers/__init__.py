@@ -4,7 +4,10 @@ A new fixed-grid sampler subclasses `FixedStepSampler` (or `MultistepSampler` fo
 that keep past predictions in `StepContext.history`) and implements one `step`; the shared
 loop validates the grid, precomputes the schedule in float64, calls the callback, applies
 `denoise_final` and counts NFE (`finish_run`). Samplers with their own loop (`ode`, `sde`)
-use `check_grid`, `schedule_dtype`, `local_generator` and `finish_run` directly.
+use `check_grid`, `split_final_zero`, `schedule_dtype`, `local_generator` and `finish_run`
+directly. A grid may end at sigma = 0 (a final point 0.0 below t_min): `make_context` and
+`split_final_zero` drop that point before any schedule evaluation, and `finish_run(...,
+to_zero=True)` takes the last step to it as the x0 prediction (see `diffkit.core.grid`).
 
 This module only re-exports; the implementations live in `stepping`, `exponential`,
 `dynamics`, `edm`, `ncsn`, `shapes`, `sampler`, `grid` and `precision`.
@@ -12,7 +15,7 @@ This module only re-exports; the implementations live in `stepping`, `exponentia
 
 from __future__ import annotations
 
-from diffkit.core.grid import check_grid
+from diffkit.core.grid import append_final_zero, check_grid, split_final_zero
 from diffkit.core.precision import schedule_dtype
 from diffkit.core.sampler import VE_LOG_SNR, Callback, Capabilities, SampleResult, StepInfo
 from diffkit.core.shapes import append_dims, batch_times
@@ -67,6 +70,7 @@ __all__ = [
     "StepInfo",
     "ancestral_step",
     "append_dims",
+    "append_final_zero",
     "batch_times",
     "check_grid",
     "churn_gamma",
@@ -97,6 +101,7 @@ __all__ = [
     "sigma_scaled",
     "singlestep_weights",
     "snr_step_size",
+    "split_final_zero",
     "step_order",
     "to_scaled",
     "unipc_weights",

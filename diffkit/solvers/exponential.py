@@ -21,6 +21,16 @@ solution of the reverse SDE for constant x0 (SDE-DPM-Solver++(1), Lu et al. 2022
 whose B(h) = e^h - 1 is exactly the first-order coefficient, so its update is also a D).
 Only alpha, sigma and lam enter, so all of this works on every linear-Gaussian process.
 
+A step to sigma = 0 (a grid ending at sigma = 0, `diffkit.core.grid`) has sigma_next = 0,
+alpha_next = 1 and h = inf. The first-order step's limit is finite: x_scale -> 0, x0_scale -> 1,
+noise_scale -> 0, so `x_next = D`; with D = x0 that is the x0 prediction (also for any
+h_noise, i.e. DDIM's eta and the SDE variants add no noise there). The multistep combinations
+have no limit: DPM-Solver++(2M)'s D1 weight c / r_1 = c h / h_prev and UniPC's rho_k / r_k with
+r_k = (lam_k - lam_0) / h -> 0 grow without bound. So the step to sigma = 0 is first order for
+every solver here (diffusers' DPMSolverMultistep and UniPC force it too with
+`final_sigmas_type="zero"`), taken as the x0 prediction by `finish_run` without evaluating the
+schedule at t = 0; `MultistepSampler.order_at` counts it as the final step.
+
 Coefficients are 0-dim tensors in the schedule dtype (float64 where the device has it);
 `exponential_step` and `combine` cast them to the data's dtype.
 """
@@ -260,15 +270,17 @@ def step_order(
 class MultistepSampler(FixedStepSampler):
     """Base of the multistep samplers (DPM-Solver++ kM, UniPC): the final-step policy options.
 
-    The *final step* is the denoising step when `denoise_final` is on (a step to sigma = 0 is
-    always first order: it returns the x0 prediction), else the last grid step.
+    The *final step* is the step to sigma = 0 when the grid ends there (`StepContext.to_zero`) or
+    the denoising step when `denoise_final` is on (a step to sigma = 0 is always first order: it
+    returns the x0 prediction; see the module docstring), else the last grid step.
 
     Options:
         lower_order_final: with fewer than 15 steps in all (grid steps plus the denoising
             step), lower the orders towards the final step (`step_order`).
         final_step: "solver" (the solver's order) or "euler" (a first-order final step at any
-            step count; a no-op with `denoise_final`).
-        denoise_final: after reaching t_min, return the x0 prediction (one extra NFE).
+            step count; a no-op with `denoise_final` or a grid ending at sigma = 0).
+        denoise_final: after reaching t_min, return the x0 prediction (one extra NFE; nothing on
+            a grid ending at sigma = 0, whose last step is that prediction).
     """
 
     lower_order_final: bool = True
@@ -281,11 +293,14 @@ class MultistepSampler(FixedStepSampler):
             raise ValueError(f"option final_step must be 'solver' or 'euler', got {self.final_step!r}")
 
     def order_at(self, ctx: StepContext, i: int, order: int) -> int:
-        """Order of grid step i for a method of order `order` under this final-step policy."""
+        """Order of grid step i for a method of order `order` under this final-step policy.
+
+        The step to sigma = 0 (a grid ending there, or `denoise_final`) counts as the final step.
+        """
         return step_order(
             order,
             i,
-            ctx.n_steps + int(self.denoise_final),
+            ctx.n_steps + int(self.denoise_final or ctx.to_zero),
             lower_order_final=self.lower_order_final,
             euler_final=self.final_step == "euler",
         )

@@ -5,6 +5,18 @@
 callback, applies the explicit final-step policy (`denoise_final`) and counts NFE through the
 model wrapper. Per-call state (multistep history, noise) lives in the `StepContext`, never on
 the sampler, so samplers stay stateless between calls.
+
+A grid ending at sigma = 0 (a final point 0.0 below t_min, `diffkit.core.grid`): `ctx.times`
+holds the grid without that point (the schedule is never evaluated at t = 0) and
+`ctx.to_zero` is set; `step` runs on the intervals of `ctx.times` only, and `finish_run` takes
+the last step, times[-1] -> sigma = 0, as the x0 prediction at times[-1]: the limit sigma_next
+-> 0, alpha_next -> 1 of every first-order update (Euler `x + (0 - sigma) d`, DDIM,
+DPM-Solver++(1), UniP-1; stochastic updates add no noise there, since the posterior at sigma = 0
+is a point mass). Higher-order multistep updates have no finite limit on that step (their
+extrapolation weights grow like h / h_prev with h = lam_next - lam = inf), so it is first order
+for every solver, as in diffusers' `final_sigmas_type="zero"` and k-diffusion. It costs one NFE
+and is counted in `SampleResult.steps`; with it, `denoise_final` has nothing left to do (the x0
+prediction at sigma = 0 is the state itself) and adds no NFE.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffkit.core.grid import check_grid
+from diffkit.core.grid import check_grid, split_final_zero
 from diffkit.core.model import Prediction, ScoreModel
 from diffkit.core.precision import schedule_dtype
 from diffkit.core.process import NoiseProcess
@@ -34,6 +46,8 @@ class StepContext:
         dtype, device: of the state x.
         generator: source of all Gaussian noise (never the global RNG).
         history: method-specific memory (e.g. past x0 predictions), reset every call.
+        to_zero: the grid ended at sigma = 0 (dropped from `times`): the run ends with the x0
+            prediction at times[-1] (`finish_run`).
     """
 
     model: ScoreModel
@@ -46,10 +60,11 @@ class StepContext:
     device: torch.device
     generator: torch.Generator
     history: list[Any] = field(default_factory=list)
+    to_zero: bool = False
 
     @property
     def n_steps(self) -> int:
-        """Number of intervals N."""
+        """Number of intervals N of `times` (the step to sigma = 0 is not among them)."""
         return self.times.shape[0] - 1
 
     def predict(self, x: torch.Tensor, i: int) -> Prediction:
@@ -90,19 +105,27 @@ def finish_run(
     denoise_final: bool,
     callback: Callback | None,
     extras: dict[str, Any] | None = None,
+    to_zero: bool = False,
 ) -> SampleResult:
-    """End a run at `t_end`: optional final denoise (x0 prediction, one NFE, one callback), result.
+    """End a run at `t_end`: the step to sigma = 0 or the final denoise (x0 prediction), result.
+
+    Both are one model call and one callback: `x <- model.predict(x, t_end).x0`. With `to_zero`
+    it is the grid's last step (reported at t = 0 and counted in `steps`), and `denoise_final`
+    then adds nothing; `denoise_final` alone is an extra step after the grid (not counted).
 
     Args:
-        x: the state `(B, *dims)` after the last step; `t_end`: 0-dim time of the last grid point.
-        n_steps: steps taken (reported as `SampleResult.steps` and as the denoise step's index).
+        x: the state `(B, *dims)` after the last step; `t_end`: 0-dim time of the last grid point
+            in [t_min, t_max] (the one before the sigma = 0 point when `to_zero`).
+        n_steps: steps taken before this one (also the index of its callback).
         nfe_start: `model.nfe` before the run, so the result counts this run's evaluations only.
+        to_zero: the grid ends at sigma = 0 (`diffkit.core.grid.split_final_zero`).
     """
-    if denoise_final:
+    if denoise_final or to_zero:
         x = model.predict(x, t_end).x0
         if callback is not None:
-            callback(StepInfo(n_steps, t_end, x, model.nfe - nfe_start))
-    return SampleResult(x, model.nfe - nfe_start, n_steps, dict(extras or {}))
+            t_report = torch.zeros_like(t_end) if to_zero else t_end
+            callback(StepInfo(n_steps, t_report, x, model.nfe - nfe_start))
+    return SampleResult(x, model.nfe - nfe_start, n_steps + int(to_zero), dict(extras or {}))
 
 
 def make_context(
@@ -112,8 +135,11 @@ def make_context(
     grid: torch.Tensor,
     generator: torch.Generator | None,
 ) -> StepContext:
-    """Validate the grid and precompute the schedule on it (float64 where the device has it)."""
-    grid = check_grid(grid, process)
+    """Validate the grid and precompute the schedule on it (float64 where the device has it).
+
+    A final sigma = 0 point is split off (`StepContext.to_zero`): `times` stays in [t_min, t_max].
+    """
+    grid, to_zero = split_final_zero(check_grid(grid, process), process)
     device = x_init.device
     times = grid.to(device=device, dtype=schedule_dtype(device))
     return StepContext(
@@ -126,6 +152,7 @@ def make_context(
         dtype=x_init.dtype,
         device=device,
         generator=local_generator(generator, device),
+        to_zero=to_zero,
     )
 
 
@@ -135,7 +162,8 @@ class FixedStepSampler(abc.ABC):
 
     Options (dataclass fields; subclasses add their own):
         denoise_final: after the last step, replace x by the model's x0 prediction at t_min
-            (one extra NFE) -- the explicit final-step policy.
+            (one extra NFE) -- the explicit final-step policy. On a grid ending at sigma = 0 the
+            last step already is that prediction, and the option adds nothing.
     """
 
     denoise_final: bool = False
@@ -175,4 +203,5 @@ class FixedStepSampler(abc.ABC):
             nfe_start,
             denoise_final=self.denoise_final,
             callback=callback,
+            to_zero=ctx.to_zero,
         )

@@ -35,8 +35,8 @@ from torch import nn
 from diffkit.core.errors import UsageError
 from diffkit.core.model import SCORE_SCALINGS, ScoreModel
 from diffkit.core.process import NoiseProcess
+from diffkit.core.time_warp import base_process
 from diffkit.plugin.contract import parameterization_names, registered_parameterization
-from diffkit.plugin.options import parse_options
 from diffkit.plugin.registry import Registry
 from diffkit.plugin.validate import checkpoint_record
 from diffkit.train import generation
@@ -321,11 +321,13 @@ def load_checkpoint(path: str | Path, registry: Registry, *, weights: str = "ema
 
 
 def same_schedule(trained: NoiseProcess, given: NoiseProcess) -> bool:
-    """True if `given` has `trained`'s alpha(t) and sigma(t): equal processes up to the end time.
+    """True if `given` has `trained`'s alpha(t) and sigma(t): equal processes up to the end time and shift.
 
     t_min only bounds the range a sampler covers, so a model may be sampled to another end time
-    than the one it was trained down to; every other option changes the schedule.
+    than the one it was trained down to; a timestep shift (`shift`/`mu`) only re-times sampling,
+    the network still receives its own time; every other option changes the schedule.
     """
+    trained, given = base_process(trained), base_process(given)
     settable = dataclasses.is_dataclass(trained) and any(
         f.name == "t_min" and f.init for f in dataclasses.fields(trained)
     )
@@ -353,8 +355,7 @@ def model_from_checkpoint(
     if unknown:
         raise UsageError(f"checkpoint model options: unknown {', '.join(unknown)}; valid: weights (ema|raw)")
     loaded = load_checkpoint(path, registry, weights=str(model_options.get("weights", "ema")))
-    factory = registry.get("process", loaded.process_name).factory
-    trained = parse_options("process", loaded.process_name, factory, loaded.process_options)
+    trained = registry.parse_options("process", loaded.process_name, loaded.process_options)
     same = loaded.process_name == process_name and same_schedule(
         registry.build("process", loaded.process_name, loaded.process_options), process
     )

@@ -28,6 +28,14 @@ RECIPE_FIELDS: tuple[str, ...] = (
     "network_options",
 )
 
+#: The parameterization a loss trains when no kind is given (every other loss: v).
+LOSS_KINDS: dict[str, str] = {"flow-matching": "velocity"}
+
+
+def default_kind(loss: str) -> str:
+    """The network kind trained by `loss` when `--kind` is not given: velocity for flow matching, else v."""
+    return LOSS_KINDS.get(loss, "v")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -40,6 +48,7 @@ class TrainConfig:
             1/alpha(1) ~ 150, and a network whose output is bounded cannot follow `eps ~ x` into
             the prior's tails, so ~0.3% of deterministic samples land far off the data; v keeps
             `x0 = alpha x - sigma v` well conditioned at every t (Salimans & Ho 2022, sec. 4).
+            None (the default) picks `default_kind(loss)`: velocity for `flow-matching`, else v.
         iters: total number of optimiser steps (a resumed run continues up to it).
         batch_size: examples per step, drawn with replacement.
         lr, weight_decay: AdamW settings.
@@ -56,7 +65,7 @@ class TrainConfig:
     process: str = "vp"
     loss: str = "simple"
     network: str = "mlp"
-    kind: str = "v"
+    kind: str | None = None
     iters: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
@@ -74,7 +83,9 @@ class TrainConfig:
     network_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Validate sizes and rates (UsageError with the CLI flag's name)."""
+        """Resolve the default kind; validate sizes and rates (UsageError with the CLI flag's name)."""
+        if self.kind is None:
+            object.__setattr__(self, "kind", default_kind(self.loss))
         for flag, value in (
             ("--iters", self.iters),
             ("--batch-size", self.batch_size),
