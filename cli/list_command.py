@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from rich.table import Table
 
 from diffkit.cli.common import fail, handle_errors, load_registry
 from diffkit.plugin.catalog import render_markdown, sampler_rows
-from diffkit.plugin.registry import KINDS, Component, Registry
+from diffkit.plugin.registry import KINDS, Component, Family, Registry
 
 ALIASES = {
     "process": "process",
@@ -77,17 +78,34 @@ def list_components(
                 "plugin": item.plugin,
                 "distribution": item.distribution,
                 "summary": item.summary,
+                "options": _options(registry, item),
             }
         )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="diffkit components", show_lines=False)
-    for column in ("kind", "name", "plugin", "distribution", "summary"):
+    columns = ("kind", "name", "plugin", "distribution", "summary", "options")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(row[c] for c in ("kind", "name", "plugin", "distribution", "summary")))
+        table.add_row(*(row[c] for c in columns))
     Console(width=200).print(table)
+
+
+def _options(registry: Registry, item: Component | Family) -> str:
+    """`name=default, ...` for each option of a component (`-` for none; families: per method)."""
+    if not isinstance(item, Component):
+        return "see each method"
+    specs = registry.options(item.kind, item.name).values()
+    return ", ".join(f"{spec.name}={_default(spec.default)}" for spec in specs) or "-"
+
+
+def _default(value: object) -> str:
+    """An option default as typed on the command line (`required` when there is none)."""
+    if value is inspect.Parameter.empty:
+        return "required"
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
 def _print_samplers(registry: Registry, markdown: bool) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -312,9 +312,8 @@ def _interpolate(process: NoiseProcess, times: torch.Tensor, count: int) -> torc
 
 
 def _add(registrar: Registrar, name: str, factory: type, what: str) -> None:
-    """Register grid `name` with a summary `what` followed by its options and their defaults."""
-    options = ", ".join(f"{spec.name}={spec.default}" for spec in fields(factory) if spec.init) or "none"
-    registrar.add_grid(name, factory, summary=f"{what} Options: {options}.")
+    """Register grid `name` with the one-line summary `what` (`diffkit list grid` adds its options)."""
+    registrar.add_grid(name, factory, summary=what)
 
 
 @hookimpl

@@ -19,7 +19,7 @@ All other grids end exactly at t_min. The DDPM spacings and user tables are in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
@@ -301,9 +301,8 @@ def beta_quantile(levels: torch.Tensor, a: float, b: float) -> torch.Tensor:
 
 
 def _add(registrar: Registrar, name: str, factory: type, what: str) -> None:
-    """Register grid `name` with a summary `what` followed by its options and their defaults."""
-    options = ", ".join(f"{spec.name}={spec.default}" for spec in fields(factory) if spec.init) or "none"
-    registrar.add_grid(name, factory, summary=f"{what} Options: {options}.")
+    """Register grid `name` with the one-line summary `what` (`diffkit list grid` adds its options)."""
+    registrar.add_grid(name, factory, summary=what)
 
 
 @hookimpl

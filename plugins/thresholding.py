@@ -21,12 +21,9 @@ from diffkit.wrappers import clip, dynamic_thresholding
 @hookimpl
 def diffkit_register(registrar: Registrar) -> None:
     """Register the model wrappers `clip` and `dynamic-threshold`."""
-    registrar.add_model_wrapper(
-        "clip", clip, summary="Clip the x0 prediction to [-limit, limit]. Options: limit=1.0."
-    )
+    registrar.add_model_wrapper("clip", clip, summary="Clip the x0 prediction to [-limit, limit].")
     registrar.add_model_wrapper(
         "dynamic-threshold",
         dynamic_thresholding,
-        summary="Imagen's dynamic thresholding of x0 (Saharia et al. 2022). "
-        "Options: percentile=0.995, max_value=None.",
+        summary="Imagen's dynamic thresholding of x0 (Saharia et al. 2022).",
     )

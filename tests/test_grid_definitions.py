@@ -124,12 +124,15 @@ def test_bench_runs_every_grid(grid_name, tmp_path):
 def test_list_grid_shows_every_grid_with_its_options():
     result = runner.invoke(app, ["list", "grid", "--json"])
     assert result.exit_code == 0, result.stderr
-    summaries = {row["name"]: row["summary"] for row in json.loads(result.stdout)}
-    assert set(summaries) == set(GRIDS)
-    for name, summary in summaries.items():
+    options = {row["name"]: row["options"] for row in json.loads(result.stdout)}
+    assert set(options) == set(GRIDS)
+    for name, listed in options.items():
         specs = option_specs(_NAMES.get("grid", name).factory)
-        listed = ", ".join(f"{spec.name}={spec.default}" for spec in specs.values()) or "none"
-        assert summary.endswith(f"Options: {listed}."), (name, summary)
+        expected = ", ".join(
+            f"{s.name}={str(s.default).lower() if s.default is None else s.default}" for s in specs.values()
+        )
+        assert listed == (expected or "-"), (name, listed)
+    assert options["karras"] == "rho=7.0" and options["beta"] == "alpha=0.6, beta=0.6"
 
 
 # -- s = sigma / alpha grids: exponential, polyexponential, karras -------------------------------

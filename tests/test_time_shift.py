@@ -237,3 +237,14 @@ def test_bad_shift_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not out.exists()
+
+
+def test_list_process_shows_shift_and_mu_among_each_process_options() -> None:
+    """`diffkit list process --json`: every process row lists its own options, then shift and mu."""
+    import json
+
+    result = CliRunner().invoke(app, ["list", "process", "--json"])
+    assert result.exit_code == 0, result.stderr
+    options = {row["name"]: row["options"] for row in json.loads(result.stdout)}
+    assert options["flow"] == "t_min=0.003, t_max=0.995, shift=none, mu=none"
+    assert options["vp"] == "beta_min=0.1, beta_max=20.0, t_min=0.0001, t_max=1.0, shift=none, mu=none"

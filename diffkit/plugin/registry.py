@@ -276,6 +276,11 @@ class Registry:
         )
         return model
 
+    def options(self, kind: str, name: str) -> dict[str, OptionSpec]:
+        """The options component `name` takes, by name: its factory's and the registry's (shift, mu)."""
+        component = self.get(kind, name)
+        return option_specs(component.factory) | _extra_options(kind, component)
+
     def parse_options(self, kind: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         """The options of component `name` parsed and typed as `build` does (OptionError if bad)."""
         component = self.get(kind, name)

@@ -16,6 +16,7 @@ This module only re-exports; the implementations live in `stepping`, `exponentia
 from __future__ import annotations
 
 from diffkit.core.grid import append_final_zero, check_grid, split_final_zero
+from diffkit.core.model import schedule_rates
 from diffkit.core.precision import schedule_dtype
 from diffkit.core.sampler import VE_LOG_SNR, Callback, Capabilities, SampleResult, StepInfo
 from diffkit.core.shapes import append_dims, batch_times
@@ -98,6 +99,7 @@ __all__ = [
     "reverse_diffusion_step",
     "reverse_drift",
     "schedule_dtype",
+    "schedule_rates",
     "sigma_scaled",
     "singlestep_weights",
     "snr_step_size",
