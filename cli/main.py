@@ -17,6 +17,7 @@ from diffkit.cli import (
     list_command,
     sample_command,
     train_command,
+    tune_grid_command,
 )
 from diffkit.cli.common import click_errors
 
@@ -39,6 +40,7 @@ app.command("decode")(encode_command.decode_command)
 app.command("evaluate")(evaluate_command.evaluate)
 app.command("inpaint")(inverse_command.inpaint)
 app.command("colorize")(inverse_command.colorize)
+app.command("tune-grid")(tune_grid_command.tune_grid_command)
 
 
 @functools.cache

@@ -7,8 +7,9 @@ prediction replaced by a combination D of predictions,
 
 * `dpmpp-2m` (Alg. 2) and `dpmpp-3m`: D extrapolates the last 2 or 3 grid predictions in
   lam = log(alpha/sigma) (1 NFE per step; the first steps warm up with lower orders);
-* `dpmpp-2s` (Alg. 1, r = 1/2): D is the prediction at the lam-midpoint, reached by a first
-  step (2 NFE per step);
+* `dpmpp-2s` (Alg. 1): D combines the predictions at the start and at an intermediate point
+  lam + r h (r = 1/2, the lam-midpoint, by default; 2 NFE per step), reached by a first-order
+  step; or, with `intermediate="grid"`, at the next grid point (diffusers' singlestep solver);
 * `dpmpp-2m-sde` ("SDE-DPM-Solver++(2M)"): the 2M combination in the exact solution of
   the reverse SDE with re-noising `h_noise = eta h` (k-diffusion's eta, s_noise, solver_type).
 
@@ -32,7 +33,7 @@ x0 prediction (one NFE, no midpoint).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -157,31 +158,63 @@ class DPMSolverPP2MSDE(_Multistep):
         return self.solver_type
 
 
+Intermediate = Literal["ratio", "grid"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class DPMSolverPP2S(FixedStepSampler):
-    """DPM-Solver++(2S) (Lu et al. 2022, Alg. 1) with r = 1/2; order 2, 2 NFE per step.
+    """DPM-Solver++(2S) (Lu et al. 2022, Alg. 1); order 2, 2 NFE per step (1 with the grid point).
 
-    Each step predicts x0 at the start, takes a first-order step to the lam-midpoint, predicts
-    there (off the grid) and takes the full step with that prediction. Singlestep: no history
-    and no final-step options besides `denoise_final`.
+    Each step predicts x0 at the start, takes a first-order step to the intermediate point
+    lam + r h, predicts there and takes the full step with D = (1 - 1/(2r)) x0 + 1/(2r) x0_r.
+    Singlestep: no history and no final-step options besides `denoise_final`.
+
+    Options:
+        r: position of the intermediate point in (0, 1] as a fraction of the step in lam
+            (Alg. 1's r_1; 1/2, the lam-midpoint, is the paper's choice and the default).
+        intermediate: "ratio" (the point lam + r h, off the grid: 2 NFE per grid step) or "grid"
+            (the next grid point, as diffusers' DPMSolverSinglestepScheduler with solver_order=2:
+            grid intervals pair up, the first of a pair is the first-order step to its end, the
+            second redoes the pair from its start with r = (lam_{i+1} - lam_i) / (lam_{i+2} -
+            lam_i); 1 NFE per grid step; an unpaired last interval is a first-order step).
+        denoise_final: after reaching t_min, return the x0 prediction (one extra NFE).
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        stochastic=False,
-        order=2.0,
-        nfe_per_step=2,
-        default_grid="quadratic",
-        grid_by_feature=VE_LOG_SNR,
-        default_steps=10,
-    )
+    r: float = 0.5
+    intermediate: Intermediate = "ratio"
+
+    def __post_init__(self) -> None:
+        """Validate options (r in (0, 1]; r only with the off-grid intermediate point)."""
+        super().__post_init__()
+        r = self.r
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0.0 < r <= 1.0:
+            raise ValueError(f"option r must be a number in (0, 1], got {r!r}")
+        if self.intermediate == "grid" and r != 0.5:
+            raise ValueError(f"option r={r} needs intermediate=ratio")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Deterministic, order 2; 2 NFE per step off the grid, 1 with `intermediate="grid"`."""
+        grid = self.intermediate == "grid"
+        return Capabilities(
+            stochastic=False,
+            order=2.0,
+            nfe_per_step=1 if grid else 2,
+            default_grid="quadratic",
+            grid_by_feature=VE_LOG_SNR,
+            default_steps=20 if grid else 10,
+        )
 
     def step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
-        """One DPM-Solver++(2S) step from times[i] to times[i + 1]."""
+        """One DPM-Solver++(2S) step from times[i] to times[i + 1] (half a pair with the grid point)."""
+        if self.intermediate == "grid":
+            return self._grid_step(ctx, i, x)
         x0 = ctx.predict(x, i).x0
         lam = half_log_snr(ctx.log_snr)
         h = lam[i + 1] - lam[i]
         process = ctx.process
-        t_mid = process.t_from_log_snr((lam[i] + lam[i + 1]).reshape(1))[0]  # 2 * midpoint lam
+        r = self.r
+        t_mid = process.t_from_log_snr(((1.0 - r) * ctx.log_snr[i] + r * ctx.log_snr[i + 1]).reshape(1))[0]
         lam_mid = half_log_snr(process.log_snr(t_mid))  # as realised by the inverse
         mid = exponential_coefficients(
             ctx.sigma[i], process.sigma(t_mid), process.alpha(t_mid), lam_mid - lam[i]
@@ -190,6 +223,22 @@ class DPMSolverPP2S(FixedStepSampler):
         d = combine([x0, x0_mid], singlestep_weights((lam_mid - lam[i]) / h))
         coefficients = exponential_coefficients(ctx.sigma[i], ctx.sigma[i + 1], ctx.alpha[i + 1], h)
         return exponential_step(x, d, coefficients)
+
+    def _grid_step(self, ctx: StepContext, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Pairs (0, 1), (2, 3), ...: first-order step to the pair's middle, then the pair's 2S step."""
+        x0 = ctx.predict(x, i).x0
+        lam = half_log_snr(ctx.log_snr)
+        if i % 2 == 0:  # first of a pair (or an unpaired last interval): DPM-Solver++(1)
+            ctx.history[:] = [(x, x0)]
+            h = lam[i + 1] - lam[i]
+            return exponential_step(
+                x, x0, exponential_coefficients(ctx.sigma[i], ctx.sigma[i + 1], ctx.alpha[i + 1], h)
+            )
+        x_start, x0_start = ctx.history[0]
+        h = lam[i + 1] - lam[i - 1]
+        d = combine([x0_start, x0], singlestep_weights((lam[i] - lam[i - 1]) / h))
+        coefficients = exponential_coefficients(ctx.sigma[i - 1], ctx.sigma[i + 1], ctx.alpha[i + 1], h)
+        return exponential_step(x_start, d, coefficients)
 
 
 @hookimpl

@@ -92,7 +92,7 @@ def test_spacings_refuse_more_steps_than_knots_and_a_too_large_offset(registry):
     assert str(caught.value) == "offset 10 puts the first timestep at 100, beyond the last knot 99"
     with pytest.raises(OptionError) as caught:
         registry.build("grid", "leading", {"offset": "-1"})
-    assert str(caught.value) == "grid 'leading': option offset must be a integer >= 0, got -1"
+    assert str(caught.value) == "grid 'leading': option offset must be an integer >= 0, got -1"
 
 
 @pytest.mark.parametrize("spacing", ("leading", "trailing", "linspace"))

@@ -2,7 +2,8 @@
 
 A fixed-step solver with `nfe_per_step = k` gets `(budget - d) // k` steps, where d = 1 when
 it denoises at the end (`denoise_final` costs one model call) or the plan's own `extra_nfe`
-(a peer's Heun ends with one Euler step: d = -1); budgets too small for one step are skipped.
+(a peer's Heun ends with one Euler step: d = -1; a sampler with an `extra_nfe` attribute, e.g.
+restart's fixed restart passes, adds it); budgets too small for one step are skipped.
 Adaptive solvers choose their own steps, so the budget picks a tolerance instead: rtol = atol
 is swept down a half-decade ladder on a small calibration batch and each budget gets the
 tightest tolerance whose NFE fits in it (the row records the NFE actually used).
@@ -89,8 +90,7 @@ def select_solvers(config: BenchConfig, registry: Registry) -> list[SolverPlan]:
         caps = sampler.capabilities
         if caps.adaptive and {"rtol", "atol"} & set(config.options_for(name)):
             raise UsageError(f"solver {name!r} is adaptive: the bench sweeps its rtol/atol, do not set them")
-        denoise = bool(getattr(sampler, "denoise_final", False))
-        plans.append(SolverPlan(name, caps.stochastic, caps.adaptive, caps.nfe_per_step, caps.order, denoise))
+        plans.append(plan_for(name, sampler))
     if not plans:
         raise UsageError(f"no registered sampler can run on process {config.process!r}")
     return plans
@@ -155,3 +155,12 @@ def plan_runs(
                 key = run_key(config, implementation, plan.name, budget, seed, options=run_options)
                 specs.append(RunSpec(implementation, plan.name, budget, seed, steps, None, run_options, key))
     return specs, skipped
+
+
+def plan_for(name: str, sampler: Any) -> SolverPlan:
+    """The budget plan of a built sampler: its capabilities, final denoise and fixed extra calls."""
+    caps = sampler.capabilities
+    denoise = bool(getattr(sampler, "denoise_final", False))
+    extra = getattr(sampler, "extra_nfe", None)  # fixed calls beyond the steps (e.g. restart's)
+    extra = None if extra is None else int(extra) + int(denoise)
+    return SolverPlan(name, caps.stochastic, caps.adaptive, caps.nfe_per_step, caps.order, denoise, extra)

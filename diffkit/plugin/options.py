@@ -218,12 +218,17 @@ def _requirement(check: Mapping[str, Any], integer: bool) -> str:
     if check.get("positive"):
         text = f"a positive {noun}"
     elif high is not None:
-        text = f"a {noun} in [{low}, {high}]"
+        text = f"{_article(noun)} {noun} in [{low}, {high}]"
     else:
         finite = "finite " if check.get("finite", True) and not integer else ""
-        text = f"a {finite}{noun}" + ("" if low is None else f" >= {low}")
+        text = f"{_article(finite + noun)} {finite}{noun}" + ("" if low is None else f" >= {low}")
     extra = check.get("or", ())
     return text + "".join(f" or {value}" for value in extra)
+
+
+def _article(phrase: str) -> str:
+    """'an' before a vowel ('an integer'), else 'a'."""
+    return "an" if phrase[:1] in "aeiou" else "a"
 
 
 def _is_int_type(annotation: Any) -> bool:

@@ -147,7 +147,11 @@ def combine(x0s: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
 
 
 def dpmpp_multistep_weights(
-    lams: torch.Tensor, solver_type: SolverType = "midpoint", h_noise: torch.Tensor | float = 0.0
+    lams: torch.Tensor,
+    solver_type: SolverType = "midpoint",
+    h_noise: torch.Tensor | float = 0.0,
+    *,
+    d2_scale: float = 1.0,
 ) -> torch.Tensor:
     """Weights of DPM-Solver++(kM) over x0 at the last k grid points (Lu et al. 2022).
 
@@ -162,12 +166,15 @@ def dpmpp_multistep_weights(
                                     c2 = (h^2 - 2h + 2 - 2 e^{-h}) / (h^2 (1 - e^{-h})).
 
     (The reference implementations use c2 / 2 here, which is only second order; see the tests.)
+    With re-noising (the SDE variant) the kernel is e^{-(H - v)} over v in [0, H], H = h +
+    h_noise, and c1, c2 are the same expressions in H (k-diffusion's sample_dpmpp_3m_sde).
 
     Args:
         lams: `(k + 1,)` = `[lam_next, lam_0, lam_1, ...]`, the end of the step first, then
             the grid points of the stored predictions, newest first; k = 1, 2 or 3.
         solver_type: second-order variant ("midpoint" or "heun"; k = 2 only).
-        h_noise: the step's `h_noise` (SDE variant; k <= 2 only), 0-dim or 0.
+        h_noise: the step's `h_noise` (SDE variant), 0-dim or 0.
+        d2_scale: factor on c2 (k = 3 only): 1 is exact, 1/2 the reference implementations'.
 
     Returns:
         `(k,)` weights for `combine`, newest prediction first (summing to 1).
@@ -184,9 +191,10 @@ def dpmpp_multistep_weights(
     if order != 3:
         raise ValueError(f"DPM-Solver++ multistep has orders 1 to 3, got {order}")
     r2 = (lams[2] - lams[3]) / h
-    one_minus = -torch.expm1(-h)  # 1 - e^{-h}
-    c1 = _linear_term(h)
-    c2 = (h * h - 2.0 * h + 2.0 * one_minus) / (h * h * one_minus)
+    big_h = h + h_noise  # H: the kernel's length (h for the ODE)
+    one_minus = -torch.expm1(-big_h)  # 1 - e^{-H}
+    c1 = _linear_term(big_h)
+    c2 = d2_scale * (big_h * big_h - 2.0 * big_h + 2.0 * one_minus) / (big_h * big_h * one_minus)
     # D1_0 = (x0_0 - x0_1)/r1, D1_1 = (x0_1 - x0_2)/r2; D1 = D1_0 + r1/(r1+r2)(D1_0 - D1_1),
     # D2 = (D1_0 - D1_1)/(r1 + r2): expand into weights on x0_0, x0_1, x0_2
     a = c1 * (1.0 + r1 / (r1 + r2)) + c2 / (r1 + r2)  # weight of D1_0
