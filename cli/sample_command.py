@@ -85,10 +85,19 @@ def sample(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     cond: Annotated[int | None, typer.Option(help="Class label of a class-conditional model.")] = None,
     guidance: Annotated[
-        str | None, typer.Option(help="Guidance wrapper: cfg (default) or classifier; needs --cond.")
+        str | None,
+        typer.Option(
+            help="Guidance method: cfg (default), cfg-rescale, interval, apg, cfg-pp, autoguidance or "
+            "classifier; needs --cond."
+        ),
     ] = None,
     guidance_scale: Annotated[
         float | None, typer.Option(help="Guidance scale w (0 unconditional, 1 conditional); needs --cond.")
+    ] = None,
+    guidance_opt: Annotated[list[str] | None, _opts("guidance method")] = None,
+    guide_model: Annotated[
+        str | None,
+        typer.Option(help="The weaker guide model of --guidance autoguidance, built like --model."),
     ] = None,
     final_sigma: Annotated[
         str,
@@ -126,6 +135,8 @@ def sample(
         cond=cond,
         guidance=guidance,
         guidance_scale=guidance_scale,
+        guidance_options=split_key_values(guidance_opt or [], "--guidance-opt"),
+        guide_model=guide_model,
         final_sigma=final_sigma,
         threshold=threshold,
         threshold_options=split_key_values(threshold_opt or [], "--threshold-opt"),

@@ -64,6 +64,8 @@ class SampleConfig:
     cond: int | None = None
     guidance: str | None = None
     guidance_scale: float | None = None
+    guidance_options: Mapping[str, Any] = field(default_factory=dict)
+    guide_model: str | None = None
     inverse: str | None = None
     inverse_options: Mapping[str, Any] = field(default_factory=dict)
     final_sigma: str = "min"
@@ -116,12 +118,15 @@ def compose(config: SampleConfig, registry: Registry) -> Composition:
     if config.steps is not None:  # the grid, float64, and the solver's per-step records
         validate.memory(f"--steps {config.steps}", 64.0 * (config.steps + 1))
     process = registry.build("process", config.process, config.process_options)
-    sampler = registry.build("sampler", config.solver, config.solver_options)
+    sampler = registry.build("sampler", config.solver, _guided_solver_options(config))
     check_composition(config.solver, sampler, config.process, process)
     model = build_model(
         registry, config.model, config.model_options, config.process, process, config.process_options
     )
-    model = _wrap_model(config, registry, model)
+    guide = None
+    if config.guide_model is not None:
+        guide = build_model(registry, config.guide_model, {}, config.process, process, config.process_options)
+    model = _wrap_model(config, registry, model, guide)
     capabilities = sampler.capabilities
     if capabilities.adaptive and config.steps is not None:
         raise UsageError(
@@ -185,8 +190,45 @@ def build_model(
     return registry.build("model", name, options, process)
 
 
-def _wrap_model(config: SampleConfig, registry: Registry, model: ScoreModel) -> ScoreModel:
-    """Apply guidance (`cond`, `guidance`, `guidance_scale`), x0 thresholding, an inverse-problem wrapper."""
+#: samplers whose step renoises with the prediction's own eps, so CFG++ is defined on them
+CFG_PP_SAMPLERS: tuple[str, ...] = ("ddim",)
+
+
+def _check_guidance(config: SampleConfig) -> None:
+    """UsageError for guidance flags that do not fit together (before any model is built)."""
+    name = config.guidance or "cfg"
+    if config.guidance_options and config.guidance is None:
+        raise UsageError("--guidance-opt needs --guidance NAME")
+    if config.guide_model is not None and name != "autoguidance":
+        raise UsageError("--guide-model needs --guidance autoguidance")
+    if name == "autoguidance" and config.guide_model is None:
+        raise UsageError("guidance 'autoguidance' needs a weaker guide model: pass --guide-model NAME")
+    if name == "cfg-pp" and config.threshold is not None:
+        raise UsageError("guidance 'cfg-pp' cannot be combined with --threshold (it renoises with eps_u)")
+    if name == "cfg-pp" and config.solver not in CFG_PP_SAMPLERS:
+        raise UsageError(
+            f"guidance 'cfg-pp' is defined for {', '.join(CFG_PP_SAMPLERS)}; "
+            f"not for sampler {config.solver!r}"
+        )
+
+
+def _guided_solver_options(config: SampleConfig) -> Mapping[str, Any]:
+    """The solver options; under CFG++ DDIM renoises with the model's (unconditional) eps."""
+    _check_guidance(config)
+    if config.guidance != "cfg-pp":
+        return config.solver_options
+    options = {k: v for k, v in config.solver_options.items() if k.replace("-", "_") != "clipped_direction"}
+    if len(options) < len(config.solver_options):
+        raise UsageError("guidance 'cfg-pp' sets DDIM's clipped-direction itself: drop that --solver-opt")
+    return {**options, "clipped_direction": False}
+
+
+def _wrap_model(
+    config: SampleConfig, registry: Registry, model: ScoreModel, guide: ScoreModel | None = None
+) -> ScoreModel:
+    """Apply guidance (`cond`, `guidance`, `guidance_scale`, `guidance_options`, a guide model),
+    x0 thresholding, an inverse-problem wrapper."""
+    _check_guidance(config)
     guided = config.guidance is not None or config.guidance_scale is not None
     if config.cond is None and guided:
         raise UsageError("--guidance and --guidance-scale need a class label: pass --cond LABEL")
@@ -203,7 +245,9 @@ def _wrap_model(config: SampleConfig, registry: Registry, model: ScoreModel) -> 
             )
         if guided:
             scale = 1.0 if config.guidance_scale is None else config.guidance_scale
-            model = registry.build("model_wrapper", name, {"scale": scale}, model)
+            options = {**config.guidance_options, "scale": scale}
+            extra = () if guide is None else (guide,)
+            model = registry.build("model_wrapper", name, options, model, *extra)
         model.bind(config.cond)
     if config.threshold is not None:
         model = registry.build("model_wrapper", config.threshold, config.threshold_options, model)

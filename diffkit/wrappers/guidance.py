@@ -1,44 +1,39 @@
-"""Guidance wrappers: classifier-free and classifier guidance as `ScoreModel`s.
+"""Guidance methods on the guidance stage (`diffkit.wrappers.guidance_stage`), and classifier guidance.
 
 Every sampler only calls `model.predict`, so a wrapper that returns the guided prediction
-makes every sampler a guided sampler. Both wrappers need a class-conditional base model
+makes every sampler a guided sampler. The wrappers need a class-conditional base model
 (`model.conditional` true, labels `(B,)` long as `cond`); the label is fixed with `bind(label)`
 or passed to `predict(x, t, cond=label)`.
 
-NFE accounting: one `predict` of a wrapper counts one NFE on the wrapper. For classifier-free
-guidance that evaluation is ONE batched network call on `2B` rows (conditional and
-unconditional halves concatenated along the batch); for classifier guidance it is one network
-call plus one classifier forward and backward pass. The base model's own counter is not used.
+Methods (pure functions of the step, the conditional and unconditional predictions, the weight w
+and a per-run state): `cfg` (Ho & Salimans 2022), `cfg-rescale` (Lin et al. 2024, Alg. 2),
+`interval` (Kynkaanniemi et al. 2024), `apg` (Sadat et al. 2024), `cfg-pp` (Chung et al. 2024)
+and `autoguidance` (Karras et al. 2024: cfg with a weaker guide model in place of the
+unconditional one). Options are dataclass fields whose metadata declares their range.
+
+NFE accounting: one `predict` of a wrapper counts one NFE on the wrapper. For the stage that
+evaluation is ONE batched network call on `2B` rows (conditional and unconditional halves) or,
+with a guide model, one call of each model; for classifier guidance it is one network call plus
+one classifier forward and backward pass. The base model's own counter is not used.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from diffkit.core.errors import UsageError
-from diffkit.core.model import ScoreModel
-
-
-def require_conditional(model: ScoreModel, wrapper: str) -> int:
-    """Return the number of classes of `model`, or raise UsageError if it is unconditional."""
-    if not getattr(model, "conditional", False):
-        name = type(model).__name__
-        raise UsageError(f"guidance {wrapper!r} needs a class-conditional model, but {name} is unconditional")
-    return int(model.num_classes)
-
-
-def labels_for(cond: Any, x: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class labels `(B,)` long on `x`'s device from an int or a `(B,)`/0-dim tensor; validated."""
-    if cond is None:
-        raise UsageError("guidance needs a class label: pass --cond LABEL (or bind(label))")
-    labels = torch.as_tensor(cond, device=x.device).long()
-    if labels.ndim > 1 or (labels.ndim == 1 and labels.shape[0] not in (1, x.shape[0])):
-        raise UsageError(f"labels must be a scalar or of shape ({x.shape[0]},), got {tuple(labels.shape)}")
-    if bool(((labels < 0) | (labels >= num_classes)).any()):
-        raise UsageError(f"class label out of range: the model has classes 0..{num_classes - 1}")
-    return labels.expand(x.shape[0])
+from diffkit.core.model import Prediction, ScoreModel
+from diffkit.wrappers.guidance_stage import (
+    GuidanceStep,
+    GuidedModel,
+    RenoisedPrediction,
+    labels_for,
+    require_conditional,
+    x0_prediction,
+)
 
 
 def cfg_mix(cond_output: torch.Tensor, uncond_output: torch.Tensor, scale: float) -> torch.Tensor:
@@ -50,7 +45,152 @@ def cfg_mix(cond_output: torch.Tensor, uncond_output: torch.Tensor, scale: float
     return uncond_output + scale * (cond_output - uncond_output)
 
 
-class CFGModel(ScoreModel):
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A `(B,)` tensor broadcast to `(B, 1, ..., 1)` against `like`."""
+    return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
+
+
+def cfg_guide(
+    step: GuidanceStep, cond_pred: Prediction, uncond_pred: Prediction, scale: float, state: dict[str, Any]
+) -> torch.Tensor | Prediction:
+    """Plain CFG on the raw outputs `(B, *dims)`; on the x0 predictions if the two kinds differ."""
+    if cond_pred.kind == uncond_pred.kind:
+        return cfg_mix(cond_pred.output, uncond_pred.output, scale)
+    return x0_prediction(cond_pred, cfg_mix(cond_pred.x0, uncond_pred.x0, scale))
+
+
+def cfg_rescale_guide(
+    step: GuidanceStep,
+    cond_pred: Prediction,
+    uncond_pred: Prediction,
+    scale: float,
+    state: dict[str, Any],
+    *,
+    phi: float = 0.7,
+) -> torch.Tensor:
+    """CFG rescaled to the conditional output's per-sample std, blended by phi (Lin et al. 2024, Alg. 2).
+
+    `out_cfg = cfg(out_c, out_u)`, `out_rescaled = out_cfg std(out_c) / std(out_cfg)` (std over all
+    but the batch dim), `out = phi out_rescaled + (1 - phi) out_cfg`; shapes `(B, *dims)`.
+    """
+    guided = cfg_mix(cond_pred.output, uncond_pred.output, scale)
+    dims = tuple(range(1, guided.ndim))
+    ratio = cond_pred.output.std(dim=dims, correction=0, keepdim=True) / guided.std(
+        dim=dims, correction=0, keepdim=True
+    )
+    return phi * (guided * ratio) + (1.0 - phi) * guided
+
+
+def apg_guide(
+    step: GuidanceStep,
+    cond_pred: Prediction,
+    uncond_pred: Prediction,
+    scale: float,
+    state: dict[str, Any],
+    *,
+    eta: float = 0.0,
+    momentum: float = -0.75,
+    norm_threshold: float = 0.0,
+) -> Prediction:
+    """Adaptive projected guidance on the x0 predictions (Sadat et al. 2024, Alg. 1).
+
+    `diff = x0_c - x0_u`, with momentum `diff <- diff + momentum diff_prev` (state, per run) and
+    its per-sample norm clipped to `norm_threshold` (> 0); `diff = par + orth` relative to
+    `x0_c`; `x0 = x0_c + (w - 1) (orth + eta par)`. Shapes `(B, *dims)`.
+    """
+    x0_c, x0_u = cond_pred.x0, uncond_pred.x0
+    diff = x0_c - x0_u
+    if momentum != 0.0:
+        diff = diff + momentum * state.get("apg_running", torch.zeros_like(diff))
+        state["apg_running"] = diff
+    dims = tuple(range(1, diff.ndim))
+    if norm_threshold > 0.0:
+        norm = torch.linalg.vector_norm(diff, dim=dims, keepdim=True)
+        diff = diff * torch.clamp(norm_threshold / norm, max=1.0)
+    unit = torch.nn.functional.normalize(x0_c.flatten(1), dim=1).reshape(x0_c.shape)
+    parallel = (diff * unit).sum(dim=dims, keepdim=True) * unit
+    update = (diff - parallel) + eta * parallel
+    return x0_prediction(cond_pred, x0_c + (scale - 1.0) * update)
+
+
+def cfg_pp_guide(
+    step: GuidanceStep, cond_pred: Prediction, uncond_pred: Prediction, scale: float, state: dict[str, Any]
+) -> RenoisedPrediction:
+    """CFG++ (Chung et al. 2024): x0 = x0_u + lambda (x0_c - x0_u), renoised with the unconditional eps."""
+    x0 = cfg_mix(cond_pred.x0, uncond_pred.x0, scale)
+    uncond_eps = Prediction(
+        "eps",
+        uncond_pred.eps,
+        cond_pred.x,
+        cond_pred.alpha,
+        cond_pred.sigma,
+        None,
+        cond_pred.t,
+        cond_pred.process,
+    )
+    p = cond_pred
+    return RenoisedPrediction(
+        "x0", x0, p.x, p.alpha, p.sigma, p.variance_interpolation, p.t, p.process, None, uncond_eps
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CFGRescale:
+    """`cfg-rescale` options: phi, the weight of the rescaled output."""
+
+    phi: float = field(default=0.7, metadata={"range": (0, 1)})
+
+    def __call__(self, step: GuidanceStep, c: Prediction, u: Prediction, scale: float, state: dict) -> Any:
+        """`cfg_rescale_guide` with these options."""
+        return cfg_rescale_guide(step, c, u, scale, state, phi=self.phi)
+
+
+@dataclass(frozen=True, kw_only=True)
+class APG:
+    """`apg` options: eta (weight of the parallel part), momentum, norm_threshold (0: off)."""
+
+    eta: float = field(default=0.0, metadata={"range": (0, None)})
+    momentum: float = field(default=-0.75, metadata={"range": (-1, 1)})
+    norm_threshold: float = field(default=0.0, metadata={"range": (0, None)})
+
+    def __call__(self, step: GuidanceStep, c: Prediction, u: Prediction, scale: float, state: dict) -> Any:
+        """`apg_guide` with these options."""
+        return apg_guide(
+            step, c, u, scale, state, eta=self.eta, momentum=self.momentum, norm_threshold=self.norm_threshold
+        )
+
+
+#: the methods `interval` can apply inside its noise-level interval (with their default options)
+INTERVAL_METHODS: dict[str, Any] = {"cfg": cfg_guide, "cfg-rescale": CFGRescale(), "apg": APG()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Interval:
+    """`interval` options: guidance only for sigma / alpha in [lo, hi] (Kynkaanniemi et al. 2024).
+
+    The defaults are the paper's interval for EDM2 on ImageNet-512, (0.28, 5.42].
+    """
+
+    lo: float = field(default=0.28, metadata={"range": (0, None)})
+    hi: float = field(default=5.42, metadata={"at_least": "lo", "finite": False})
+    method: str = field(default="cfg", metadata={"choices": tuple(INTERVAL_METHODS)})
+
+    def __call__(self, step: GuidanceStep, c: Prediction, u: Prediction, scale: float, state: dict) -> Any:
+        """The inner method's output where sigma / alpha is in [lo, hi], the conditional one elsewhere."""
+        level = step.noise_level
+        inside = (level >= self.lo) & (level <= self.hi)
+        if not bool(inside.any()):
+            return c.output
+        guided = INTERVAL_METHODS[self.method](step, c, u, scale, state)
+        if bool(inside.all()):
+            return guided
+        if isinstance(guided, Prediction):
+            mask = _per_sample(inside, c.x0)
+            return x0_prediction(c, torch.where(mask, guided.x0, c.x0))
+        return torch.where(_per_sample(inside, guided), guided, c.output)
+
+
+class CFGModel(GuidedModel):
     """Classifier-free guidance (Ho & Salimans 2022): `eps = eps_u + w (eps_c - eps_u)`.
 
     Args:
@@ -64,30 +204,7 @@ class CFGModel(ScoreModel):
     """
 
     def __init__(self, model: ScoreModel, *, scale: float = 1.0) -> None:
-        num_classes = require_conditional(model, "cfg")
-        super().__init__(
-            self._guided,
-            kind=model.parameterization,
-            process=model.process,
-            data_shape=model.data_shape,
-            learned_variance=model.learned_variance,
-            num_classes=num_classes,
-            null_label=model.null_label,
-        )
-        self.base = model
-        self.scale = float(scale)
-        self.cond = model.cond
-
-    def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        """One batched base call on `(2B, *dims)` at times `t` `(B,)`: conditional rows, then null rows."""
-        labels = labels_for(cond, x, self.num_classes)
-        both_labels = torch.cat([labels, torch.full_like(labels, self.base.null_label)])
-        both = self.base.prediction(torch.cat([x, x]), torch.cat([t, t]), both_labels)
-        cond_out, uncond_out = both.output.chunk(2)
-        mixed = cfg_mix(cond_out, uncond_out, self.scale)
-        if both.variance_interpolation is None:
-            return mixed
-        return torch.cat([mixed, both.variance_interpolation.chunk(2)[0]], dim=1)
+        super().__init__(model, method=cfg_guide, scale=scale, name="cfg")
 
 
 class ClassifierGuidedModel(ScoreModel):
@@ -143,3 +260,42 @@ def cfg(model: ScoreModel, *, scale: float = 1.0) -> CFGModel:
 def classifier(model: ScoreModel, *, scale: float = 1.0) -> ClassifierGuidedModel:
     """Classifier guidance wrapper: score + scale * grad log p_t(y | x)."""
     return ClassifierGuidedModel(model, scale=scale)
+
+
+def cfg_rescale(model: ScoreModel, *, scale: float = 1.0, phi: float = 0.7) -> GuidedModel:
+    """CFG with std rescaling (Lin et al. 2024, Alg. 2), blended by phi."""
+    return GuidedModel(model, method=CFGRescale(phi=phi), scale=scale, name="cfg-rescale")
+
+
+def interval(
+    model: ScoreModel, *, scale: float = 1.0, lo: float = 0.28, hi: float = 5.42, method: str = "cfg"
+) -> GuidedModel:
+    """Guidance `method` only where lo <= sigma / alpha <= hi, the conditional model elsewhere."""
+    return GuidedModel(model, method=Interval(lo=lo, hi=hi, method=method), scale=scale, name="interval")
+
+
+def apg(
+    model: ScoreModel,
+    *,
+    scale: float = 1.0,
+    eta: float = 0.0,
+    momentum: float = -0.75,
+    norm_threshold: float = 0.0,
+) -> GuidedModel:
+    """Adaptive projected guidance (Sadat et al. 2024) on the x0 prediction."""
+    method = APG(eta=eta, momentum=momentum, norm_threshold=norm_threshold)
+    return GuidedModel(model, method=method, scale=scale, name="apg")
+
+
+def cfg_pp(model: ScoreModel, *, scale: float = 1.0) -> GuidedModel:
+    """CFG++ (Chung et al. 2024): guided x0 with lambda = scale in [0, 1], unconditional eps to renoise."""
+    if not (isinstance(scale, int | float) and 0.0 <= scale <= 1.0):
+        raise ValueError(f"the CFG++ scale lambda must be in [0, 1], got {scale!r}")
+    return GuidedModel(model, method=cfg_pp_guide, scale=scale, name="cfg-pp")
+
+
+def autoguidance(model: ScoreModel, guide: ScoreModel | None = None, *, scale: float = 1.0) -> GuidedModel:
+    """Autoguidance (Karras et al. 2024): `guide + w (model - guide)` with a weaker `guide` model."""
+    if guide is None:
+        raise UsageError("guidance 'autoguidance' needs a weaker guide model: pass --guide-model NAME")
+    return GuidedModel(model, method=cfg_guide, scale=scale, name="autoguidance", guide=guide)
