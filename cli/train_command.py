@@ -82,6 +82,10 @@ def train_command(
     ema: Annotated[float, typer.Option(help="EMA decay of the weights.")] = 0.999,
     clip: Annotated[float, typer.Option(help="Max gradient norm (0: off).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of weights, batches and noise.")] = 0,
+    cond_drop: Annotated[
+        float,
+        typer.Option(help="Probability of training a label as the null class (classifier-free guidance)."),
+    ] = 0.1,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     net_opt: Annotated[list[str] | None, _opts("network")] = None,
     loss_opt: Annotated[list[str] | None, _opts("loss")] = None,
@@ -108,6 +112,7 @@ def train_command(
         ema=ema,
         clip=clip,
         seed=seed,
+        cond_drop=cond_drop,
         checkpoint_every=checkpoint_every,
         sample_every_checkpoint=samples,
         device=device,

@@ -183,3 +183,17 @@ def test_resuming_a_score_run_from_before_the_scaling_is_refused(registry, tmp_p
     config = TrainConfig(**json.loads(json.dumps(record["train"])) | {"iters": 4})
     with pytest.raises(UsageError, match="holds a run with score_scaling 'none', but this diffkit trains"):
         train(config, folder, registry=registry, resume=True)
+
+
+def test_cond_drop_flag_is_recorded_and_checked(tmp_path: Path) -> None:
+    """`diffkit train --cond-drop P` sets the label dropout; P outside [0, 1) is one line, exit 2."""
+    bad = CliRunner().invoke(app, ["train", "--cond-drop", "1.5", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2
+    assert bad.stderr.strip() == "error: --cond-drop must lie in [0, 1), got 1.5"
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "run"
+    args = ["train", "--iters", "2", "--cond-drop", "0.25", "--no-samples", "--out", str(out)]
+    args += ["--net-opt", "num_classes=2", *[f"--net-opt={k}={v}" for k, v in SMALL.items()]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["train"]["cond_drop"] == 0.25
