@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from diffkit.core.errors import DiffkitError, SamplingError, UnknownComponentError, UsageError
+from diffkit.core.errors import DiffkitError, UnknownComponentError, UsageError
 from diffkit.core.grid import append_final_zero, check_grid, ends_at_zero, split_final_zero
 from diffkit.core.model import ScoreModel
 from diffkit.core.process import NoiseProcess
@@ -26,6 +26,7 @@ from diffkit.plugin import validate
 from diffkit.plugin.contract import check_result, third_party_failure
 from diffkit.plugin.loading import build_registry
 from diffkit.plugin.registry import Registry
+from diffkit.run.nan_watch import FiniteWatch
 from diffkit.run.prior_noise import PriorNoise
 from diffkit.run.provenance import jsonable
 
@@ -256,35 +257,6 @@ def _wrap_model(
     return model
 
 
-class _FiniteWatch:
-    """Callback recording per-step finiteness on device (no host sync until the end)."""
-
-    def __init__(self, forward: Callable[[StepInfo], None] | None) -> None:
-        self.flags: list[torch.Tensor] = []
-        self.times: list[torch.Tensor] = []
-        self.forward = forward
-
-    def __call__(self, info: StepInfo) -> None:
-        self.flags.append(torch.isfinite(info.x).all())
-        self.times.append(info.t)
-        if self.forward is not None:
-            self.forward(info)
-
-    def raise_if_nonfinite(self, x: torch.Tensor, solver: str) -> None:
-        """Raise SamplingError naming the first step (and its time) that produced NaN/Inf."""
-        if self.flags:
-            finite = torch.stack(self.flags).cpu()
-            if not bool(finite.all()):
-                step = int((~finite).nonzero()[0, 0])
-                t = float(self.times[step])
-                raise SamplingError(
-                    f"solver {solver!r} produced NaN or Inf at step {step} (t={t:.6g}); "
-                    "try more steps, float64, or another solver"
-                )
-        if not bool(torch.isfinite(x).all()):
-            raise SamplingError(f"solver {solver!r} returned NaN or Inf samples")
-
-
 def sampler_seed(seed: int, batch: int = 0) -> int:
     """Seed of the sampler's noise generator for batch `batch` of a run seeded with `seed`."""
     return (seed * 1_000_003 + batch + 1) % (2**63)
@@ -434,7 +406,7 @@ def _sample_batch(
     forward: Callable[[StepInfo], None] | None,
 ) -> SampleResult:
     """Run the sampler on batch `index` under a NaN watch; a plugin's crash or broken result is one line."""
-    watch = _FiniteWatch(forward)
+    watch = FiniteWatch(forward)
     times, to_zero = split_final_zero(grid, comp.process)
     to_zero_here = to_zero and not _builtin_sampler(registry, config.solver)
     try:
