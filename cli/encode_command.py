@@ -18,7 +18,7 @@ import typer
 
 from diffkit.cli.common import given, handle_errors, load_registry
 from diffkit.core.errors import UsageError
-from diffkit.core.process import NoiseProcess
+from diffkit.core.process import NoiseProcess, discrete_process
 from diffkit.eval.encoding import decode, encode
 from diffkit.eval.likelihood_eval import build_model, check_data
 from diffkit.plugin import validate
@@ -95,7 +95,7 @@ def encode_command(
 
 def _check_method(method: str, process: NoiseProcess, sde: str) -> None:
     """UsageError unless `method` can run on `process` (DDIM inversion needs a discrete one)."""
-    if method == "ddim" and "discrete" not in process.features:
+    if method == "ddim" and discrete_process(process) is None:
         raise UsageError(f"--method ddim needs a discrete process (ddpm, ddpm-cosine), not {sde!r}")
 
 

@@ -50,17 +50,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from diffkit import Capabilities, NoiseProcess, Registrar, SampleResult, ScoreModel, StepInfo, hookimpl
+from diffkit import Capabilities, Registrar, hookimpl
 from diffkit.solvers import (
     VE_LOG_SNR,
-    Callback,
     MultistepSampler,
     StepContext,
     from_scaled,
-    make_context,
     ode_derivative,
     sigma_scaled,
     to_scaled,
@@ -142,6 +141,7 @@ class LMS(MultistepSampler):
 
     order: int = field(default=4, metadata={"range": (1, MAX_ORDER)})
     lower_order_final: bool = False
+    steps_to_zero: ClassVar[bool] = True  # its own full-order step to sigma = 0 (as both peers)
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]
@@ -178,35 +178,6 @@ class LMS(MultistepSampler):
         for j in range(plan.orders[i]):
             x_s = x_s + row[j] * plan.derivatives[-1 - j]
         return from_scaled(x_s, ctx.coef(plan.alphas[i + 1]))
-
-    @staticmethod
-    def _reached(ctx: StepContext, i: int) -> torch.Tensor:
-        """Time reported after step i: the next grid point, 0 on a grid ending at sigma = 0, else
-        t_min after `denoise_final`'s step (as `finish_run` reports them)."""
-        if i < ctx.n_steps:
-            return ctx.times[i + 1]
-        return ctx.times.new_zeros(()) if ctx.to_zero else ctx.times[-1]
-
-    def __call__(
-        self,
-        model: ScoreModel,
-        process: NoiseProcess,
-        x_init: torch.Tensor,
-        grid: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        callback: Callback | None = None,
-    ) -> SampleResult:
-        """Integrate from `grid[0]` to `grid[-1]`, then to sigma = 0 if asked; `x_init` `(B, *dims)`."""
-        ctx = make_context(model, process, x_init, grid, generator)
-        to_zero = ctx.to_zero or self.denoise_final
-        nfe_start = model.nfe
-        x = x_init
-        for i in range(ctx.n_steps + int(to_zero)):
-            x = self.step(ctx, i, x)
-            if callback is not None:
-                callback(StepInfo(i, self._reached(ctx, i), x, model.nfe - nfe_start))
-        return SampleResult(x, model.nfe - nfe_start, ctx.n_steps + int(ctx.to_zero), {})
 
 
 @hookimpl

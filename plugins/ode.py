@@ -45,8 +45,8 @@ from diffkit.solvers import (
     Callback,
     check_grid,
     finish_run,
+    probability_flow_drift,
     schedule_dtype,
-    schedule_rates,
     split_final_zero,
 )
 
@@ -134,11 +134,10 @@ class _ProbabilityFlow:
         are each ~x / (1 - t) and cancel, losing ~1 / (1 - t) of float32 precision near t = 1.
         """
         t = t.to(schedule_dtype(t.device)).clamp(self.t_lo, self.t_hi)
-        d_alpha, d_sigma = (rate.to(x.dtype) for rate in schedule_rates(self.process, t))
         prediction = self.model.predict(x, t)
         if self.adaptive and self.callback is not None:
             self.callback(StepInfo(self.accepted, t, x, self.nfe))
-        return d_alpha * prediction.x0 + d_sigma * prediction.eps
+        return probability_flow_drift(self.process, prediction, t)
 
     @property
     def nfe(self) -> int:

@@ -183,11 +183,6 @@ class ShiftedProcess:
         """The base's prior log-density `(B,)` in nats."""
         return self.base.prior_logp(z)
 
-    def check_time(self, t: float) -> None:
-        """Raise ValueError if `t` lies outside `[t_min, t_max]` (with a tiny tolerance)."""
-        if not (self.t_min - 1e-9 <= t <= self.t_max + 1e-9):
-            raise ValueError(f"time {t} outside the process range [{self.t_min}, {self.t_max}]")
-
 
 def shifted(process: NoiseProcess, shift: float) -> NoiseProcess:
     """`process` re-timed by `shift` (an existing shift composes: w_s . w_r = w_sr); s = 1 gives `process`."""

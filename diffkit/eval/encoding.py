@@ -21,7 +21,7 @@ import torchdiffeq
 from diffkit.core.model import ScoreModel
 from diffkit.core.precision import schedule_dtype
 from diffkit.core.process import NoiseProcess, discrete_process
-from diffkit.solvers.dynamics import reverse_drift
+from diffkit.solvers.dynamics import probability_flow_drift
 
 EncodeMethod = Literal["ode", "ddim"]
 
@@ -35,18 +35,15 @@ class Coded:
 
 
 class _Flow:
-    """`t, x -> f(t) x - g(t)^2 score / 2` with t clamped to the process range (first-step probe)."""
+    """`t, x -> ` the probability-flow drift with t clamped to the process range (first-step probe)."""
 
     def __init__(self, model: ScoreModel, process: NoiseProcess) -> None:
         self.model, self.process = model, process
 
     def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         t = t.to(schedule_dtype(t.device)).clamp(self.process.t_min, self.process.t_max)
-        f = self.process.f(t).to(x.dtype)
-        g2 = self.process.diffusion_squared(t).to(x.dtype)
         with torch.no_grad():
-            score = self.model.predict(x, t).score
-        return reverse_drift(x, score, f, g2, score_weight=0.5)
+            return probability_flow_drift(self.process, self.model.predict(x, t), t)
 
 
 def _ode(

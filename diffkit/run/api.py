@@ -439,10 +439,7 @@ def _builtin_sampler(registry: Registry, name: str) -> bool:
     A third-party sampler is given the grid without its final 0.0 point, so it never evaluates the
     model at t = 0, and the step to sigma = 0 (the x0 prediction) is taken for it.
     """
-    try:
-        return registry.get("sampler", name).plugin in registry.builtins
-    except DiffkitError:
-        return name.split(":")[0] in ("ode", "sde")  # families of the built-in ode and sde plugins
+    return registry.get("sampler", name).plugin in registry.builtins  # family members resolve too
 
 
 def _provenance(

@@ -24,6 +24,7 @@ from diffkit.solvers.dynamics import (
     ancestral_step,
     euler_maruyama_step,
     gaussian_transition,
+    probability_flow_drift,
     reverse_diffusion_step,
     reverse_drift,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "ncsnv2_step_size",
     "ode_derivative",
     "reverse_diffusion_step",
+    "probability_flow_drift",
     "reverse_drift",
     "schedule_dtype",
     "schedule_rates",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from diffkit.core.model import Prediction, schedule_rates
+from diffkit.core.process import NoiseProcess
 from diffkit.core.shapes import append_dims
 
 
@@ -33,6 +35,18 @@ def reverse_drift(
         dx/dt `(B, *dims)` (t is the forward time; samplers integrate it backwards).
     """
     return append_dims(f, x.ndim) * x - score_weight * append_dims(g2, x.ndim) * score
+
+
+def probability_flow_drift(process: NoiseProcess, prediction: Prediction, t: torch.Tensor) -> torch.Tensor:
+    """The probability-flow drift dx/dt = alpha'(t) x0 + sigma'(t) eps `(B, *dims)` at 0-dim `t`.
+
+    The same field as `f x - g^2 score / 2` (eq. 13), evaluated without its cancellation: on a flow
+    path both of those terms are ~x / (1 - t) and lose ~1 / (1 - t) of float32 precision near t = 1.
+    The rates are the sampler's process's, so a shifted process gets d/dt of its own time.
+    """
+    x0, eps = prediction.x0, prediction.eps
+    d_alpha, d_sigma = schedule_rates(process, t)
+    return d_alpha.to(x0.dtype) * x0 + d_sigma.to(x0.dtype) * eps
 
 
 def euler_maruyama_step(

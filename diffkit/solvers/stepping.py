@@ -168,6 +168,10 @@ class FixedStepSampler(abc.ABC):
 
     denoise_final: bool = False
     capabilities: ClassVar[Capabilities]
+    #: The sampler's own `step(ctx, ctx.n_steps, x)` takes the step to sigma = 0 (a grid ending
+    #: there, or `denoise_final`) instead of the shared x0 prediction (e.g. LMS, whose weights
+    #: stay finite at sigma = 0, as in k-diffusion and diffusers).
+    steps_to_zero: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Check the declared option types and ranges; subclasses extend and call super()."""
@@ -195,6 +199,12 @@ class FixedStepSampler(abc.ABC):
             x = self.step(ctx, i, x)
             if callback is not None:
                 callback(StepInfo(i, ctx.times[i + 1], x, model.nfe - nfe_start))
+        if self.steps_to_zero and (ctx.to_zero or self.denoise_final):
+            x = self.step(ctx, ctx.n_steps, x)
+            if callback is not None:
+                reached = torch.zeros_like(ctx.times[-1]) if ctx.to_zero else ctx.times[-1]
+                callback(StepInfo(ctx.n_steps, reached, x, model.nfe - nfe_start))
+            return SampleResult(x, model.nfe - nfe_start, ctx.n_steps + int(ctx.to_zero), {})
         return finish_run(
             model,
             x,
